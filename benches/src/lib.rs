@@ -1,0 +1,1 @@
+//! Criterion benchmarks of tenantbench's hot paths live in benches/benches/.
