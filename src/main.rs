@@ -1,1 +1,200 @@
-fn main() {}
+//! The `tenantbench` binary: parses the command line, sets up logging and shutdown, and calls the
+//! library that owns each subcommand. Only this file writes to stdout.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use cli::{Cli, Command, MockVllmArgs};
+
+/// Exit codes (DESIGN §6).
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_GATE: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run(_) | Command::Check(_) => "warn",
+        Command::MockVllm(_) | Command::Router(_) => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    match command {
+        Command::Check(args) => match loadgen::load(&args.scenario)
+            .map_err(loadgen::RunError::from)
+            .and_then(|s| loadgen::check::check(&s))
+        {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string(), e.exit_code()),
+        },
+        Command::Run(args) => run(args, shutdown).await,
+        Command::MockVllm(args) => match mock_vllm(args, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
+        },
+        Command::Router(args) => match router(args, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
+        },
+    }
+}
+
+fn fail(message: &str, code: i32) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(u8::try_from(code).unwrap_or(EXIT_RUNTIME))
+}
+
+async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> ExitCode {
+    let scenario = match loadgen::load(&args.scenario) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string(), i32::from(EXIT_USAGE)),
+    };
+    let progress = if args.quiet {
+        None
+    } else {
+        let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} requests  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        pb.set_style(style);
+        Some(pb)
+    };
+    let opts = loadgen::RunOptions {
+        out_dir: args.out,
+        target: args.target,
+        progress,
+    };
+    match loadgen::run(&scenario, opts, shutdown).await {
+        Ok(outcome) => {
+            if !args.quiet {
+                println!("{}", reports::render_table(&outcome.summary));
+            }
+            println!("results: {}", outcome.dir.display());
+            if outcome.summary.gates_passed() {
+                ExitCode::SUCCESS
+            } else {
+                for g in outcome.summary.gates.iter().filter(|g| !g.passed) {
+                    eprintln!(
+                        "gate failed: {} (observed {:?}, threshold {})",
+                        g.name, g.observed, g.threshold
+                    );
+                }
+                ExitCode::from(EXIT_GATE)
+            }
+        }
+        Err(e) => fail(&e.to_string(), e.exit_code()),
+    }
+}
+
+fn engine_config(a: &MockVllmArgs) -> anyhow::Result<mocks::EngineConfig> {
+    let model = a
+        .model
+        .clone()
+        .or_else(|| a.model_tag.clone())
+        .context("give the model to serve: `tenantbench mock-vllm MODEL` or --model MODEL")?;
+    let precision = match (&a.quantization, a.dtype.as_str()) {
+        (Some(q), _) => q.clone(),
+        (None, "auto" | "bfloat16" | "bf16") => "bf16".to_string(),
+        (None, "float16" | "half" | "fp16") => "fp16".to_string(),
+        (None, other) => {
+            anyhow::bail!("--dtype: unsupported value '{other}' (auto, bfloat16, float16)")
+        }
+    };
+    let lora_modules = a
+        .lora_modules
+        .iter()
+        .map(|m| mocks::LoraModule::parse(m).map_err(|e| anyhow::anyhow!("--lora-modules: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(mocks::EngineConfig {
+        gpu: a.gpu.clone(),
+        model,
+        precision,
+        served_model_name: a.served_model_name.first().cloned(),
+        enable_lora: a.enable_lora,
+        lora_modules,
+        max_loras: a.max_loras,
+        max_lora_rank: a.max_lora_rank,
+        max_cpu_loras: a.max_cpu_loras,
+        max_num_seqs: a.max_num_seqs,
+        max_num_batched_tokens: a.max_num_batched_tokens,
+        gpu_memory_utilization: a.gpu_memory_utilization,
+        max_model_len: a.max_model_len,
+        seed: a.seed,
+        default_max_tokens: a.default_max_tokens,
+        ..mocks::EngineConfig::default()
+    })
+}
+
+async fn mock_vllm(args: MockVllmArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cfg = engine_config(&args)?;
+    if !cfg.lora_modules.is_empty() && !cfg.enable_lora {
+        anyhow::bail!("--lora-modules needs --enable-lora");
+    }
+    mocks::plan_memory(&cfg)?;
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    mocks::serve(listener, cfg, async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}
+
+async fn router(args: cli::RouterArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cfg = router::config::load(&args.config)?;
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    router::serve(listener, cfg, async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+async fn shutdown_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    token.cancel();
+}

@@ -1,0 +1,367 @@
+//! A whole run: start the stack (or use an external target), drive every tenant's open-loop
+//! schedule, collect one record per request, and hand them to `reports`.
+//!
+//! One dispatcher walks the merged plan in time order and spawns each request at its intended
+//! time; the requests report back over a channel to a collector that feeds the progress bar.
+//! Nothing is shared per request but that channel, so the harness adds no lock contention to
+//! what it measures.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use indicatif::ProgressBar;
+use reports::{Outcome, RequestRecord};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{RequestSpec, execute};
+use crate::error::RunError;
+use crate::prompt::{ChatBody, system_prompt};
+use crate::scenario::Scenario;
+use crate::schedule::{self, PlannedRequest};
+
+/// Where the requests go.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Base URL of an OpenAI-compatible API, ending in `/v1`.
+    pub base_url: String,
+    /// One API key per tenant, in scenario order (`None`: send no Authorization header).
+    pub keys: Vec<Option<String>>,
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Results directory; default `results/<scenario>-<UTC timestamp>`.
+    pub out_dir: Option<PathBuf>,
+    /// An external OpenAI-compatible base URL instead of the embedded stack.
+    pub target: Option<String>,
+    /// Progress bar to drive (the binary decides whether it is visible).
+    pub progress: Option<ProgressBar>,
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub dir: PathBuf,
+    pub summary: reports::Summary,
+}
+
+/// Wall-clock time as `YYYYMMDD-HHMMSS` (UTC), for directory names.
+pub fn utc_stamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's public-domain derivation.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Drives the scenario's schedule against `target` and returns one record per planned request
+/// (fewer if cancelled). `t0` is placed a little in the future so the first sends are not late.
+pub async fn drive(
+    s: &Scenario,
+    target: &Target,
+    progress: Option<&ProgressBar>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<RequestRecord>, RunError> {
+    let plan = schedule::build(s);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| RunError::Client(e.to_string()))?;
+    let url = format!("{}/chat/completions", target.base_url.trim_end_matches('/'));
+    let systems: Vec<Arc<str>> = s
+        .tenants
+        .iter()
+        .map(|t| Arc::from(system_prompt(s.seed, &t.id, t.system_prompt_tokens)))
+        .collect();
+    wire::tokens::warm_up();
+    if let Some(pb) = progress {
+        pb.set_length(plan.len() as u64);
+        pb.set_position(0);
+    }
+
+    let (tx, mut rx) = mpsc::channel::<RequestRecord>(1024);
+    let collector = {
+        let progress = progress.cloned();
+        let expected = plan.len();
+        tokio::spawn(async move {
+            let mut records = Vec::with_capacity(expected);
+            let (mut ok, mut limited, mut failed) = (0u64, 0u64, 0u64);
+            while let Some(r) = rx.recv().await {
+                match r.outcome {
+                    Outcome::Ok => ok += 1,
+                    Outcome::RateLimited | Outcome::BudgetExceeded => limited += 1,
+                    _ => failed += 1,
+                }
+                if let Some(pb) = &progress {
+                    pb.inc(1);
+                    pb.set_message(format!("ok {ok} · limited {limited} · failed {failed}"));
+                }
+                records.push(r);
+            }
+            records
+        })
+    };
+
+    let tracker = TaskTracker::new();
+    let t0 = Instant::now() + Duration::from_millis(100);
+    let timeout = Duration::from_secs_f64(s.request_timeout_s);
+    let mut interrupted = false;
+    for p in plan {
+        let intended = t0 + Duration::from_secs_f64(p.at_s);
+        // The body is built before the wait, so building it never makes a send late.
+        let spec = request_spec(s, target, &url, &systems, &p, t0, intended, timeout);
+        tokio::select! {
+            _ = wire::pacer::wait_until(intended) => {}
+            _ = shutdown.cancelled() => { interrupted = true; break; }
+        }
+        let client = client.clone();
+        let tx = tx.clone();
+        let cancel = shutdown.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                rec = execute(&client, spec) => { let _ = tx.send(rec).await; }
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+    drop(tx);
+    tracker.close();
+    tracker.wait().await;
+    let records = collector
+        .await
+        .map_err(|e| RunError::Client(format!("collector failed: {e}")))?;
+    if interrupted || shutdown.is_cancelled() {
+        return Err(RunError::Interrupted);
+    }
+    Ok(records)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "plain data assembled in one place"
+)]
+fn request_spec(
+    s: &Scenario,
+    target: &Target,
+    url: &str,
+    systems: &[Arc<str>],
+    p: &PlannedRequest,
+    t0: Instant,
+    intended: Instant,
+    timeout: Duration,
+) -> RequestSpec {
+    let t = &s.tenants[p.tenant];
+    let body = ChatBody {
+        model: &p.model,
+        system: &systems[p.tenant],
+        system_tokens: t.system_prompt_tokens,
+        prompt_tokens: p.prompt_tokens,
+        max_tokens: p.output_tokens,
+        text_seed: p.text_seed,
+        ignore_eos: s.ignore_eos,
+    }
+    .to_json();
+    RequestSpec {
+        id: p.id,
+        tenant: t.id.clone(),
+        group: t.group.clone(),
+        model: p.model.clone(),
+        warmup: p.at_s < s.warmup_s,
+        url: url.to_string(),
+        api_key: target.keys.get(p.tenant).cloned().flatten(),
+        body: bytes::Bytes::from(body.to_string()),
+        planned_prompt_tokens: p.prompt_tokens,
+        t0,
+        intended,
+        timeout,
+    }
+}
+
+/// The `RunData` reports need, from a scenario and its records.
+pub fn run_data(
+    s: &Scenario,
+    records: Vec<RequestRecord>,
+    started: SystemTime,
+    target: &str,
+    engines: Vec<reports::EngineInfo>,
+) -> reports::RunData {
+    let mut cost = s.cost.clone();
+    cost.server_gbp_per_month *= f64::from(s.gpu_count.max(1));
+    let tenants = s
+        .tenants
+        .iter()
+        .map(|t| reports::TenantInfo {
+            id: t.id.clone(),
+            group: t.group.clone(),
+            model: t
+                .models
+                .iter()
+                .map(|(m, _)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            lora: t.models.first().and_then(|(m, _)| t.adapter_for(m)),
+        })
+        .collect();
+    let mut notes = Vec::new();
+    if s.gpu_count > 1 {
+        notes.push(format!(
+            "Server cost counts {} GPUs at £{:.0}/month each.",
+            s.gpu_count, s.cost.server_gbp_per_month
+        ));
+    }
+    reports::RunData {
+        scenario: s.name.clone(),
+        seed: s.seed,
+        started_at_unix_ms: started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        duration_s: s.duration_s - s.warmup_s,
+        warmup_s: s.warmup_s,
+        target: target.to_string(),
+        tenants,
+        records,
+        cost,
+        gates: s.gates.clone(),
+        engines,
+        notes,
+    }
+}
+
+/// The whole main job: validate capacity, start the stack (unless `opts.target`), drive the
+/// schedule, write the results directory. The caller prints the summary.
+pub async fn run(
+    s: &Scenario,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<RunOutcome, RunError> {
+    let started = SystemTime::now();
+    let dir = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| Path::new("results").join(format!("{}-{}", s.name, utc_stamp(started))));
+    std::fs::create_dir_all(&dir).map_err(|e| RunError::Results {
+        dir: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+
+    let stack_token = shutdown.child_token();
+    // Held until the run ends; the servers stop when stack_token is cancelled.
+    let mut _stack = None;
+    let (target, label, engines) = match &opts.target {
+        Some(url) => {
+            let parsed =
+                url::Url::parse(url).map_err(|e| RunError::Target(format!("'{url}': {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(RunError::Target(format!(
+                    "'{url}': only http and https URLs are supported"
+                )));
+            }
+            let key = std::env::var("TENANTBENCH_API_KEY").ok();
+            let keys = s
+                .tenants
+                .iter()
+                .map(|t| {
+                    let var = format!("TENANTBENCH_KEY_{}", t.id.to_uppercase().replace('-', "_"));
+                    std::env::var(var).ok().or_else(|| key.clone())
+                })
+                .collect();
+            (
+                Target {
+                    base_url: url.trim_end_matches('/').to_string(),
+                    keys,
+                },
+                url.clone(),
+                Vec::new(),
+            )
+        }
+        None => {
+            let stack = crate::stack::start(s, &stack_token, Some(&dir)).await?;
+            let engines = s
+                .engines
+                .iter()
+                .zip(&stack.engines)
+                .map(|(e, (_, h))| reports::EngineInfo {
+                    name: e.name.clone(),
+                    gpu: e.config.gpu.clone(),
+                    model: e.config.model.clone(),
+                    precision: e.config.precision.clone(),
+                    kv_cache_tokens: h.plan().kv_cache_tokens,
+                    max_loras: e.config.max_loras,
+                    url: h.base_url(),
+                })
+                .collect();
+            let write = std::fs::write(dir.join("router-config.yaml"), &stack.router_yaml_redacted);
+            write.map_err(|e| RunError::Results {
+                dir: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let target = Target {
+                base_url: stack.router_url.clone(),
+                keys: stack.keys.iter().cloned().map(Some).collect(),
+            };
+            _stack = Some(stack);
+            (target, "embedded".to_string(), engines)
+        }
+    };
+
+    let records = drive(s, &target, opts.progress.as_ref(), &shutdown).await;
+    stack_token.cancel();
+    let records = records?;
+    if let Some(pb) = &opts.progress {
+        pb.finish_and_clear();
+    }
+    let data = run_data(s, records, started, &label, engines);
+    let out = dir.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        let summary = reports::summarize(&data);
+        reports::write_results(&out, &data, &summary).map(|()| summary)
+    })
+    .await
+    .map_err(|e| RunError::Results {
+        dir: dir.display().to_string(),
+        message: e.to_string(),
+    })?
+    .map_err(|e| RunError::Results {
+        dir: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(RunOutcome { dir, summary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamp_formats_known_instants() {
+        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101-000000");
+        let t = UNIX_EPOCH + Duration::from_secs(1_796_323_899); // 2026-12-03 18:51:39 UTC
+        assert_eq!(utc_stamp(t), "20261203-185139");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(utc_stamp(leap), "20000229-000000");
+    }
+}

@@ -1,0 +1,276 @@
+//! The async driver: runs the pure engine core in real (tokio) time for the HTTP server.
+//!
+//! One task owns the stepping. It keeps a logical clock: step k+1 starts at step k's logical
+//! end, or at the moment work arrives when the engine was idle, and it sleeps with
+//! `tokio::time::sleep_until` until each step's end before handing the step's tokens to the
+//! request streams. Timer granularity (~1 ms) thus jitters each emission but never accumulates
+//! into drift. Requests talk to the driver through [`Shared`]: a short `std::sync::Mutex`
+//! section (no `.await` inside) to queue or abort sequences, and an unbounded channel per
+//! request on which the driver sends that request's tokens (the driver must never block on a
+//! slow client; a request holds at most `max_tokens × n` events).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::EngineSpec;
+use crate::engine::{AdmitError, Engine, SeqId, SeqRequest, StepOutcome};
+use crate::memory::MemoryPlan;
+use crate::metrics::ServerMetrics;
+use crate::timeline::RequestTimeline;
+
+/// One token for a request's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TokenEvent {
+    /// The choice index in the response.
+    pub choice: u32,
+    pub finished: bool,
+    /// The logical end of the step that produced it.
+    pub at: Instant,
+}
+
+struct Sink {
+    tx: mpsc::UnboundedSender<TokenEvent>,
+    choice: u32,
+    arrival: Instant,
+    last: Option<Instant>,
+}
+
+/// Engine state behind the lock.
+pub(crate) struct Core {
+    pub engine: Engine,
+    sinks: HashMap<SeqId, Sink>,
+    next_seq: SeqId,
+    pub request_counter: u64,
+    pub metrics: ServerMetrics,
+}
+
+/// State shared by the driver task and the HTTP handlers.
+pub(crate) struct Shared {
+    pub spec: EngineSpec,
+    pub plan: MemoryPlan,
+    pub epoch: Instant,
+    core: Mutex<Core>,
+    notify: Notify,
+    timelines: Mutex<Vec<RequestTimeline>>,
+    /// Unix time at start-up, for `created` fields.
+    pub created: u64,
+}
+
+/// A sequence to submit: choice index, prompt length, output length, adapter, block hashes.
+pub(crate) struct SeqSpec {
+    pub choice: u32,
+    pub prompt_tokens: u32,
+    pub max_tokens: u32,
+    pub lora: Option<String>,
+    pub block_hashes: Vec<u64>,
+}
+
+/// What a handler gets back for a submitted request.
+pub(crate) struct Submission {
+    pub rx: mpsc::UnboundedReceiver<TokenEvent>,
+    pub _abort_on_drop: AbortGuard,
+    pub timeline: usize,
+}
+
+/// Aborts a request's sequences in the engine when dropped (client disconnect drops the body).
+pub(crate) struct AbortGuard {
+    shared: Arc<Shared>,
+    seqs: Vec<SeqId>,
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        let mut core = self.shared.lock_core();
+        let mut aborted = false;
+        for id in &self.seqs {
+            core.sinks.remove(id);
+            aborted |= core.engine.abort(*id);
+        }
+        if aborted {
+            core.metrics.aborted += 1;
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(spec: EngineSpec, plan: MemoryPlan, engine: Engine, created: u64) -> Self {
+        Self {
+            spec,
+            plan,
+            epoch: Instant::now(),
+            core: Mutex::new(Core {
+                engine,
+                sinks: HashMap::new(),
+                next_seq: 0,
+                request_counter: 0,
+                metrics: ServerMetrics::default(),
+            }),
+            notify: Notify::new(),
+            timelines: Mutex::new(Vec::new()),
+            created,
+        }
+    }
+
+    /// The engine lock. A poisoned lock still holds consistent state for our purposes (every
+    /// section leaves the engine valid between statements), so recover it instead of panicking.
+    pub fn lock_core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_timelines(&self) -> MutexGuard<'_, Vec<RequestTimeline>> {
+        self.timelines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Next request number (seeds and generated ids).
+    pub fn next_request_number(&self) -> u64 {
+        let mut core = self.lock_core();
+        core.request_counter += 1;
+        core.request_counter
+    }
+
+    /// Queues a request's sequences and wakes the driver.
+    pub fn submit(
+        self: &Arc<Self>,
+        seqs: Vec<SeqSpec>,
+        timeline: RequestTimeline,
+    ) -> Result<Submission, AdmitError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let arrival = timeline.arrival;
+        let at = arrival.saturating_duration_since(self.epoch);
+        let mut ids = Vec::with_capacity(seqs.len());
+        {
+            let mut core = self.lock_core();
+            for s in seqs {
+                let id = core.next_seq;
+                core.next_seq += 1;
+                let req = SeqRequest {
+                    id,
+                    prompt_tokens: s.prompt_tokens,
+                    max_tokens: s.max_tokens,
+                    lora: s.lora,
+                    block_hashes: s.block_hashes,
+                    arrival: at,
+                };
+                if let Err(e) = core.engine.add(req) {
+                    for id in &ids {
+                        core.engine.abort(*id);
+                        core.sinks.remove(id);
+                    }
+                    return Err(e);
+                }
+                core.sinks.insert(
+                    id,
+                    Sink {
+                        tx: tx.clone(),
+                        choice: s.choice,
+                        arrival,
+                        last: None,
+                    },
+                );
+                ids.push(id);
+            }
+        }
+        let index = {
+            let mut t = self.lock_timelines();
+            t.push(timeline);
+            t.len() - 1
+        };
+        self.notify.notify_one();
+        Ok(Submission {
+            rx,
+            _abort_on_drop: AbortGuard {
+                shared: Arc::clone(self),
+                seqs: ids,
+            },
+            timeline: index,
+        })
+    }
+
+    /// Records that a token of request `timeline` was handed to its body now.
+    pub fn record_token(&self, timeline: usize, finished: bool) {
+        let now = Instant::now();
+        if let Some(t) = self.lock_timelines().get_mut(timeline) {
+            t.token_times.push(now);
+            t.finished |= finished;
+        }
+    }
+
+    /// A copy of every request's timeline so far.
+    pub fn timelines(&self) -> Vec<RequestTimeline> {
+        self.lock_timelines().clone()
+    }
+
+    /// Hands a step's tokens to their streams and records latency metrics.
+    fn deliver(&self, outcome: &StepOutcome, at: Instant) {
+        let mut core = self.lock_core();
+        let core = &mut *core;
+        for e in &outcome.emitted {
+            let Some(sink) = core.sinks.get_mut(&e.seq) else {
+                continue;
+            };
+            match sink.last {
+                None => core
+                    .metrics
+                    .ttft
+                    .observe(at.saturating_duration_since(sink.arrival).as_secs_f64()),
+                Some(prev) => core
+                    .metrics
+                    .itl
+                    .observe(at.saturating_duration_since(prev).as_secs_f64()),
+            }
+            sink.last = Some(at);
+            // A closed receiver means the body is being dropped; its guard aborts the sequence.
+            let _ = sink.tx.send(TokenEvent {
+                choice: sink.choice,
+                finished: e.finished,
+                at,
+            });
+            if e.finished {
+                let arrival = sink.arrival;
+                core.sinks.remove(&e.seq);
+                core.metrics
+                    .e2e
+                    .observe(at.saturating_duration_since(arrival).as_secs_f64());
+                core.metrics.success_length += 1;
+            }
+        }
+    }
+}
+
+/// Runs the engine until `cancel` fires.
+pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut logical = Instant::now();
+    loop {
+        // Registered before looking at the engine so a submit in between is not missed.
+        let notified = shared.notify.notified();
+        let outcome = {
+            let mut core = shared.lock_core();
+            core.engine
+                .step(logical.saturating_duration_since(shared.epoch))
+        };
+        match outcome {
+            Some(o) => {
+                let end = logical + o.duration;
+                tokio::select! {
+                    // Precise pacing: a plain sleep wakes up to a timer tick late, and
+                    // every token would reach clients later than the timeline says.
+                    _ = wire::pacer::wait_until(end) => {}
+                    _ = cancel.cancelled() => return,
+                }
+                shared.deliver(&o, end);
+                logical = end;
+            }
+            None => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = cancel.cancelled() => return,
+                }
+                logical = logical.max(Instant::now());
+            }
+        }
+    }
+}

@@ -1,0 +1,858 @@
+//! The HTTP face of the simulator: vLLM's OpenAI-compatible routes on axum.
+//!
+//! Handlers validate in vLLM's order (body types and values → 400 naming the field; unknown
+//! model → 404; prompt + `max_tokens` over `max_model_len` → 400 with vLLM's context-length
+//! message), then hand one engine sequence per choice to the driver and turn its tokens into
+//! vLLM's bodies: for a stream, a role chunk, one chunk per token (the last one carrying
+//! `finish_reason`, as vLLM sends it), the usage chunk with `choices: []` when
+//! `stream_options.include_usage` is set, and `data: [DONE]`. Dropping the body (the client went
+//! away) drops the request's abort guard, which frees its sequences and KV blocks.
+
+use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use serde::Deserialize;
+use tokio::time::Instant;
+use wire::openai::{ChatRequest, CompletionRequest, ErrorBody, Prompt, Usage, parse_body};
+use wire::sse::{data_event, done_event};
+use wire::tokens::{self, Vocabulary};
+
+use crate::driver::{SeqSpec, Shared, Submission, TokenEvent};
+use crate::kv_cache::{PromptSegment, block_hashes};
+use crate::lora::Adapter;
+use crate::responses::*;
+use crate::timeline::RequestTimeline;
+
+/// The vLLM release whose API the simulator follows (reported by `/version`).
+pub const VLLM_VERSION: &str = "0.12.0";
+
+/// An error response in vLLM's shape.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    param: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            param: None,
+        }
+    }
+    fn bad_request(message: impl Into<String>, param: Option<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param,
+        }
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::BAD_REQUEST => "BadRequestError",
+            StatusCode::NOT_FOUND => "NotFoundError",
+            StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailableError",
+            _ => "InternalServerError",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody::new(
+            self.message.clone(),
+            self.kind(),
+            self.param.clone(),
+            serde_json::Value::from(self.status.as_u16()),
+        );
+        json_response(self.status, &body)
+    }
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Builds the router over the shared engine state.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let mut r = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics));
+    if shared.spec.enable_lora && shared.spec.allow_runtime_lora_updating {
+        r = r
+            .route("/v1/load_lora_adapter", post(load_lora))
+            .route("/v1/unload_lora_adapter", post(unload_lora));
+    }
+    r.fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"detail":"Not Found"}"#,
+        )
+    })
+    .with_state(shared)
+}
+
+async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "version": VLLM_VERSION }),
+    )
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let text = {
+        let core = s.lock_core();
+        crate::metrics::render(
+            &s.spec.served_model_name,
+            s.spec.max_loras,
+            &core.engine.stats(),
+            &core.metrics,
+            unix_now(),
+        )
+    };
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn permission(created: u64, n: u64) -> ModelPermission {
+    ModelPermission {
+        id: format!("modelperm-{n:032x}"),
+        object: "model_permission",
+        created,
+        allow_create_engine: false,
+        allow_sampling: true,
+        allow_logprobs: true,
+        allow_search_indices: false,
+        allow_view: true,
+        allow_fine_tuning: false,
+        organization: "*",
+        group: None,
+        is_blocking: false,
+    }
+}
+
+async fn models(State(s): State<Arc<Shared>>) -> Response {
+    let created = s.created;
+    let base = s.spec.served_model_name.clone();
+    let mut data = vec![ModelCardOut {
+        id: base.clone(),
+        object: "model",
+        created,
+        owned_by: "vllm",
+        root: s.spec.model.hf_id.clone(),
+        parent: None,
+        max_model_len: Some(s.spec.max_model_len),
+        permission: vec![permission(created, 0)],
+    }];
+    let adapters: Vec<Adapter> = s.lock_core().engine.adapters().list().cloned().collect();
+    for (i, a) in adapters.into_iter().enumerate() {
+        data.push(ModelCardOut {
+            id: a.name,
+            object: "model",
+            created,
+            owned_by: "vllm",
+            root: a.path,
+            parent: Some(base.clone()),
+            max_model_len: None,
+            permission: vec![permission(created, i as u64 + 1)],
+        });
+    }
+    json_response(
+        StatusCode::OK,
+        &ModelListOut {
+            object: "list",
+            data,
+        },
+    )
+}
+
+/// Resolves the requested model name to (adapter, rank) or 404.
+fn resolve_model(s: &Shared, model: &str) -> Result<Option<String>, ApiError> {
+    if model == s.spec.served_model_name {
+        return Ok(None);
+    }
+    if s.spec.enable_lora && s.lock_core().engine.adapters().get(model).is_some() {
+        return Ok(Some(model.to_string()));
+    }
+    Err(ApiError::not_found(format!(
+        "The model `{model}` does not exist."
+    )))
+}
+
+fn hash_of<T: Hash>(v: T) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// A request ready for the engine.
+struct Plan {
+    request_id: String,
+    model: String,
+    lora: Option<String>,
+    /// (prompt tokens, prompt segments) per prompt.
+    prompts: Vec<(u32, Vec<PromptSegment>)>,
+    n: u32,
+    max_tokens: u32,
+    stream: bool,
+    include_usage: bool,
+    seed: u64,
+}
+
+fn request_id(s: &Shared, headers: &HeaderMap, number: u64) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let mut rng = StdRng::seed_from_u64(s.spec.seed ^ number.rotate_left(17));
+            format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+        })
+}
+
+/// vLLM's context-length check, and its default for an absent `max_tokens`.
+fn check_context(
+    s: &Shared,
+    prompt: u32,
+    requested: Option<u32>,
+    where_: &str,
+) -> Result<u32, ApiError> {
+    let limit = s.spec.max_model_len;
+    if prompt >= limit {
+        return Err(ApiError::bad_request(
+            format!(
+                "This model's maximum context length is {limit} tokens. However, you requested \
+                 {prompt} tokens in the {where_}, Please reduce the length of the {where_}."
+            ),
+            None,
+        ));
+    }
+    let max_tokens = requested.unwrap_or_else(|| s.spec.default_max_tokens.min(limit - prompt));
+    if u64::from(prompt) + u64::from(max_tokens) > u64::from(limit) {
+        return Err(ApiError::bad_request(
+            format!(
+                "This model's maximum context length is {limit} tokens. However, you requested \
+                 {} tokens ({prompt} in the {where_}, {max_tokens} in the completion). Please \
+                 reduce the length of the {where_} or completion.",
+                u64::from(prompt) + u64::from(max_tokens)
+            ),
+            None,
+        ));
+    }
+    Ok(max_tokens)
+}
+
+fn field_error(e: wire::openai::FieldError) -> ApiError {
+    ApiError::bad_request(e.message, e.param)
+}
+
+async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrival = Instant::now();
+    let plan = match plan_chat(&s, &headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    run(s, plan, arrival, Kind::Chat).await
+}
+
+fn plan_chat(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan, ApiError> {
+    let req = parse_body::<ChatRequest>(body)
+        .and_then(ChatRequest::validate)
+        .map_err(field_error)?;
+    let lora = resolve_model(s, &req.model)?;
+    let mut segments = Vec::with_capacity(req.messages.len() + 1);
+    let mut prompt = 0u32;
+    for m in &req.messages {
+        let text = m.text();
+        let t = (tokens::count(&text) + tokens::PER_MESSAGE_OVERHEAD) as u32;
+        prompt = prompt.saturating_add(t);
+        segments.push(PromptSegment {
+            id: hash_of((&lora, &m.role, &text)),
+            tokens: t,
+        });
+    }
+    prompt = prompt.saturating_add(tokens::PER_CHAT_OVERHEAD as u32);
+    segments.push(PromptSegment {
+        id: hash_of("assistant-turn"),
+        tokens: tokens::PER_CHAT_OVERHEAD as u32,
+    });
+    let max_tokens = check_context(s, prompt, req.max_tokens, "messages")?;
+    let number = s.next_request_number();
+    Ok(Plan {
+        request_id: request_id(s, headers, number),
+        model: req.model,
+        lora,
+        prompts: vec![(prompt, segments)],
+        n: req.n,
+        max_tokens,
+        stream: req.stream,
+        include_usage: req.include_usage,
+        seed: req
+            .seed
+            .map_or_else(|| s.spec.seed.wrapping_add(number), |v| v as u64),
+    })
+}
+
+async fn completions(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrival = Instant::now();
+    let plan = match plan_completion(&s, &headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    run(s, plan, arrival, Kind::Completion).await
+}
+
+fn plan_completion(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan, ApiError> {
+    // `max_tokens` absent means OpenAI's legacy default of 16; wire applies it.
+    let req = parse_body::<CompletionRequest>(body)
+        .and_then(CompletionRequest::validate)
+        .map_err(field_error)?;
+    let lora = resolve_model(s, &req.model)?;
+    let one = |id: u64, t: usize| {
+        (
+            t as u32,
+            vec![PromptSegment {
+                id,
+                tokens: t as u32,
+            }],
+        )
+    };
+    let prompts: Vec<(u32, Vec<PromptSegment>)> = match &req.prompt {
+        Prompt::Text(t) => vec![one(hash_of((&lora, t)), tokens::count(t))],
+        Prompt::Texts(ts) => ts
+            .iter()
+            .map(|t| one(hash_of((&lora, t)), tokens::count(t)))
+            .collect(),
+        Prompt::Tokens(ids) => vec![one(hash_of((&lora, ids)), ids.len())],
+        Prompt::TokenBatches(b) => b
+            .iter()
+            .map(|ids| one(hash_of((&lora, ids)), ids.len()))
+            .collect(),
+    };
+    let mut max_tokens = req.max_tokens;
+    for (p, _) in &prompts {
+        if *p == 0 {
+            return Err(ApiError::bad_request(
+                "'prompt' must not be empty",
+                Some("prompt".into()),
+            ));
+        }
+        max_tokens = check_context(s, *p, Some(req.max_tokens), "prompt")?;
+    }
+    let number = s.next_request_number();
+    Ok(Plan {
+        request_id: request_id(s, headers, number),
+        model: req.model,
+        lora,
+        prompts,
+        n: req.n,
+        max_tokens,
+        stream: req.stream,
+        include_usage: req.include_usage,
+        seed: req
+            .seed
+            .map_or_else(|| s.spec.seed.wrapping_add(number), |v| v as u64),
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// Per-choice text generator: one vocabulary word (one token) per call, seeded.
+struct TextGen {
+    rngs: Vec<StdRng>,
+}
+
+impl TextGen {
+    fn new(seed: u64, choices: u32) -> Self {
+        Self {
+            rngs: (0..u64::from(choices))
+                .map(|c| StdRng::seed_from_u64(seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+                .collect(),
+        }
+    }
+    fn word(&mut self, choice: u32) -> &'static str {
+        let v = Vocabulary::get();
+        match self.rngs.get_mut(choice as usize) {
+            Some(r) => v.word((r.next_u64() % v.len().max(1) as u64) as usize),
+            None => v.word(0),
+        }
+    }
+}
+
+async fn run(s: Arc<Shared>, plan: Plan, arrival: Instant, kind: Kind) -> Response {
+    let mut seqs = Vec::new();
+    let mut prompt_total = 0u64;
+    let bs = crate::config::BLOCK_SIZE;
+    for (p_idx, (prompt, segments)) in plan.prompts.iter().enumerate() {
+        prompt_total += u64::from(*prompt);
+        let hashes = if s.spec.enable_prefix_caching {
+            block_hashes(segments, bs)
+        } else {
+            Vec::new()
+        };
+        for i in 0..plan.n {
+            seqs.push(SeqSpec {
+                choice: p_idx as u32 * plan.n + i,
+                prompt_tokens: *prompt,
+                max_tokens: plan.max_tokens,
+                lora: plan.lora.clone(),
+                block_hashes: hashes.clone(),
+            });
+        }
+    }
+    let choices = seqs.len() as u32;
+    let timeline = RequestTimeline {
+        request_id: plan.request_id.clone(),
+        model: plan.model.clone(),
+        lora: plan.lora.clone(),
+        prompt_tokens: prompt_total.min(u64::from(u32::MAX)) as u32,
+        arrival,
+        token_times: Vec::new(),
+        finished: false,
+    };
+    let sub = match s.submit(seqs, timeline) {
+        Ok(sub) => sub,
+        Err(e) => {
+            return ApiError::bad_request(e.to_string(), None).into_response();
+        }
+    };
+    let id = match kind {
+        Kind::Chat => format!("chatcmpl-{}", plan.request_id),
+        Kind::Completion => format!("cmpl-{}", plan.request_id),
+    };
+    let header_id = HeaderValue::from_str(&plan.request_id).ok();
+    let mut resp = if plan.stream {
+        stream_response(s, plan, sub, id, kind, choices, prompt_total)
+    } else {
+        whole_response(s, plan, sub, id, kind, choices, prompt_total).await
+    };
+    if let Some(v) = header_id {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn whole_response(
+    s: Arc<Shared>,
+    plan: Plan,
+    mut sub: Submission,
+    id: String,
+    kind: Kind,
+    choices: u32,
+    prompt_total: u64,
+) -> Response {
+    let mut text_gen = TextGen::new(plan.seed, choices);
+    let mut texts = vec![String::new(); choices as usize];
+    let mut done = 0;
+    let mut completion = 0u64;
+    while done < choices {
+        let Some(ev) = sub.rx.recv().await else {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The engine is shutting down.",
+            )
+            .into_response();
+        };
+        completion += 1;
+        let w = text_gen.word(ev.choice);
+        if let Some(t) = texts.get_mut(ev.choice as usize) {
+            t.push_str(w);
+        }
+        if ev.finished {
+            done += 1;
+        }
+        s.record_token(sub.timeline, done == choices);
+    }
+    let usage: UsageFull = Usage::new(prompt_total, completion).into();
+    let model = plan.model.as_str();
+    match kind {
+        Kind::Chat => json_response(
+            StatusCode::OK,
+            &ChatResponse {
+                id: &id,
+                object: "chat.completion",
+                created: s.created,
+                model,
+                choices: texts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, content)| ChatChoice {
+                        index: i as u32,
+                        message: ChatMessageOut {
+                            role: "assistant",
+                            content,
+                            refusal: None,
+                            annotations: None,
+                            audio: None,
+                            function_call: None,
+                            tool_calls: [],
+                            reasoning_content: None,
+                        },
+                        logprobs: None,
+                        finish_reason: "length",
+                        stop_reason: None,
+                    })
+                    .collect(),
+                service_tier: None,
+                system_fingerprint: None,
+                usage,
+                prompt_logprobs: None,
+                kv_transfer_params: None,
+            },
+        ),
+        Kind::Completion => json_response(
+            StatusCode::OK,
+            &CompletionResponse {
+                id: &id,
+                object: "text_completion",
+                created: s.created,
+                model,
+                choices: texts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, text)| CompletionChoice {
+                        index: i as u32,
+                        text,
+                        logprobs: None,
+                        finish_reason: "length",
+                        stop_reason: None,
+                        prompt_logprobs: None,
+                    })
+                    .collect(),
+                usage,
+                kv_transfer_params: None,
+            },
+        ),
+    }
+}
+
+/// State of one streamed response.
+struct StreamState {
+    shared: Arc<Shared>,
+    sub: Submission,
+    id: String,
+    model: String,
+    kind: Kind,
+    text_gen: TextGen,
+    choices: u32,
+    done: u32,
+    completion: u64,
+    prompt_total: u64,
+    include_usage: bool,
+    pending: VecDeque<Bytes>,
+    started: bool,
+    ended: bool,
+}
+
+impl StreamState {
+    fn chunk(&self, choice: u32, text: &str, role: bool, finish: bool) -> Bytes {
+        let finish_reason = finish.then_some("length");
+        let json = match self.kind {
+            Kind::Chat => serde_json::to_string(&ChatChunk {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.shared.created,
+                model: &self.model,
+                choices: vec![ChatChunkChoice {
+                    index: choice,
+                    delta: ChatDelta {
+                        role: role.then_some("assistant"),
+                        content: text,
+                    },
+                    logprobs: None,
+                    finish_reason,
+                    stop_reason: finish.then_some(None),
+                }],
+                usage: None,
+            }),
+            Kind::Completion => serde_json::to_string(&CompletionChunk {
+                id: &self.id,
+                object: "text_completion",
+                created: self.shared.created,
+                model: &self.model,
+                choices: vec![CompletionChunkChoice {
+                    index: choice,
+                    text,
+                    logprobs: None,
+                    finish_reason,
+                    stop_reason: None,
+                }],
+                usage: None,
+            }),
+        };
+        data_event(&json.unwrap_or_default())
+    }
+
+    fn usage_chunk(&self) -> Bytes {
+        let usage = Some(Usage::new(self.prompt_total, self.completion));
+        let json = match self.kind {
+            Kind::Chat => serde_json::to_string(&ChatChunk {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.shared.created,
+                model: &self.model,
+                choices: Vec::new(),
+                usage,
+            }),
+            Kind::Completion => serde_json::to_string(&CompletionChunk {
+                id: &self.id,
+                object: "text_completion",
+                created: self.shared.created,
+                model: &self.model,
+                choices: Vec::new(),
+                usage,
+            }),
+        };
+        data_event(&json.unwrap_or_default())
+    }
+
+    fn on_token(&mut self, ev: TokenEvent) -> Bytes {
+        self.completion += 1;
+        if ev.finished {
+            self.done += 1;
+        }
+        let word = self.text_gen.word(ev.choice);
+        let bytes = self.chunk(ev.choice, word, false, ev.finished);
+        self.shared
+            .record_token(self.sub.timeline, self.done == self.choices);
+        bytes
+    }
+}
+
+fn stream_response(
+    s: Arc<Shared>,
+    plan: Plan,
+    sub: Submission,
+    id: String,
+    kind: Kind,
+    choices: u32,
+    prompt_total: u64,
+) -> Response {
+    let state = StreamState {
+        shared: s,
+        sub,
+        id,
+        model: plan.model,
+        kind,
+        text_gen: TextGen::new(plan.seed, choices),
+        choices,
+        done: 0,
+        completion: 0,
+        prompt_total,
+        include_usage: plan.include_usage,
+        pending: VecDeque::new(),
+        started: false,
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(b) = st.pending.pop_front() {
+                return Some((Ok::<Bytes, std::io::Error>(b), st));
+            }
+            if st.ended {
+                return None;
+            }
+            if !st.started {
+                st.started = true;
+                if st.kind == Kind::Chat {
+                    for c in 0..st.choices {
+                        let b = st.chunk(c, "", true, false);
+                        st.pending.push_back(b);
+                    }
+                }
+                continue;
+            }
+            if st.done < st.choices {
+                match st.sub.rx.recv().await {
+                    Some(ev) => {
+                        let b = st.on_token(ev);
+                        return Some((Ok(b), st));
+                    }
+                    None => {
+                        // The engine stopped (shutdown): end the body without `[DONE]`, so the
+                        // client sees a truncated stream rather than a short success.
+                        return Some((Err(std::io::Error::other("engine stopped")), st));
+                    }
+                }
+            }
+            if st.include_usage {
+                let b = st.usage_chunk();
+                st.pending.push_back(b);
+            }
+            st.pending.push_back(done_event());
+            st.ended = true;
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    resp
+}
+
+#[derive(Deserialize)]
+struct LoadLora {
+    lora_name: Option<String>,
+    lora_path: Option<String>,
+    #[serde(default)]
+    load_inplace: Option<bool>,
+    /// Ours: the adapter's rank (a real server reads it from `adapter_config.json`).
+    #[serde(default)]
+    rank: Option<u32>,
+}
+
+fn text_ok(msg: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg,
+    )
+        .into_response()
+}
+
+async fn load_lora(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let req: LoadLora = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return field_error(e).into_response(),
+    };
+    let (Some(name), Some(path)) = (
+        req.lora_name.filter(|n| !n.is_empty()),
+        req.lora_path.filter(|p| !p.is_empty()),
+    ) else {
+        return ApiError::bad_request("Both 'lora_name' and 'lora_path' must be provided.", None)
+            .into_response();
+    };
+    if name == s.spec.served_model_name {
+        return ApiError::bad_request(
+            format!("The lora adapter '{name}' has the base model's name."),
+            Some("lora_name".into()),
+        )
+        .into_response();
+    }
+    let rank = req.rank.unwrap_or(crate::config::DEFAULT_ADAPTER_RANK);
+    if rank > s.spec.max_lora_rank {
+        return ApiError::bad_request(
+            format!(
+                "LoRA rank {rank} is greater than max_lora_rank {}.",
+                s.spec.max_lora_rank
+            ),
+            None,
+        )
+        .into_response();
+    }
+    {
+        let core = s.lock_core();
+        if let Some(a) = core.engine.adapters().get(&name) {
+            // Loading the same adapter again is a no-op (idempotent); a different path under
+            // the same name needs `load_inplace`.
+            if a.path == path || req.load_inplace != Some(true) {
+                return if a.path == path {
+                    text_ok(format!(
+                        "Success: LoRA adapter '{name}' added successfully."
+                    ))
+                } else {
+                    ApiError::bad_request(
+                        format!("The lora adapter '{name}' has already been loaded."),
+                        None,
+                    )
+                    .into_response()
+                };
+            }
+        }
+    }
+    // Reading the adapter from disk takes time; the engine keeps stepping meanwhile.
+    let load_ms = crate::catalog::Catalog::get()
+        .map(|c| c.lora.disk_load_ms)
+        .unwrap_or(0.0);
+    tokio::time::sleep(std::time::Duration::from_secs_f64(load_ms / 1e3)).await;
+    {
+        let mut core = s.lock_core();
+        let ad = core.engine.adapters_mut();
+        ad.unregister(&name);
+        ad.register(Adapter {
+            name: name.clone(),
+            path,
+            rank,
+        });
+    }
+    text_ok(format!(
+        "Success: LoRA adapter '{name}' added successfully."
+    ))
+}
+
+#[derive(Deserialize)]
+struct UnloadLora {
+    lora_name: Option<String>,
+}
+
+async fn unload_lora(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let req: UnloadLora = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return field_error(e).into_response(),
+    };
+    let Some(name) = req.lora_name.filter(|n| !n.is_empty()) else {
+        return ApiError::bad_request("'lora_name' must be provided.", Some("lora_name".into()))
+            .into_response();
+    };
+    let removed = s.lock_core().engine.adapters_mut().unregister(&name);
+    match removed {
+        Some(_) => text_ok(format!(
+            "Success: LoRA adapter '{name}' removed successfully."
+        )),
+        None => ApiError::not_found(format!("The lora adapter '{name}' cannot be found."))
+            .into_response(),
+    }
+}

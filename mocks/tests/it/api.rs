@@ -1,0 +1,472 @@
+//! The HTTP API: byte layout of streams, bodies, models, errors, adapters, metrics.
+
+use serde_json::{Value, json};
+
+use crate::common::{Sim, json as parse, sse};
+use mocks::{EngineConfig, LoraModule};
+
+fn lora_cfg(names: &[&str], max_loras: u32) -> EngineConfig {
+    EngineConfig {
+        enable_lora: true,
+        max_loras,
+        lora_modules: names
+            .iter()
+            .map(|n| LoraModule {
+                name: n.to_string(),
+                path: format!("/adapters/{n}"),
+                rank: None,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn chat_body(model: &str, max_tokens: u32, stream: bool, usage: bool) -> Value {
+    let mut b = json!({
+        "model": model,
+        "messages": [{"role": "system", "content": "You are a support bot."},
+                     {"role": "user", "content": "Where is my invoice?"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    });
+    if usage {
+        b["stream_options"] = json!({"include_usage": true});
+    }
+    b
+}
+
+/// The exact SSE layout of a streamed chat completion, as vLLM writes it
+/// (`vllm/entrypoints/openai/serving_chat.py`).
+#[tokio::test]
+async fn streamed_chat_has_vllms_byte_layout_with_usage() {
+    let sim = Sim::start(EngineConfig::default()).await;
+    let resp = sim
+        .client
+        .post(sim.url("/v1/chat/completions"))
+        .header("x-request-id", "req-42")
+        .json(&chat_body("mistral-7b-instruct", 5, true, true))
+        .send()
+        .await;
+    let Ok(resp) = resp else { panic!("send") };
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-42")
+    );
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+    let (raw, events) = sse(resp).await;
+
+    // Every event is exactly `data: <payload>\n\n` and the events tile the body.
+    let rebuilt: Vec<u8> = events.iter().flat_map(|e| e.raw.to_vec()).collect();
+    assert_eq!(rebuilt, raw);
+    for e in &events {
+        assert!(
+            e.raw.starts_with(b"data: ") && e.raw.ends_with(b"\n\n"),
+            "{:?}",
+            e.raw
+        );
+        assert_eq!(e.raw.iter().filter(|b| **b == b'\n').count(), 2);
+    }
+    // role chunk + 5 token chunks + usage chunk + [DONE]
+    assert_eq!(events.len(), 8);
+    assert!(events[7].is_done());
+    let chunks: Vec<Value> = events[..7].iter().map(|e| parse(&e.data)).collect();
+    for c in &chunks {
+        assert_eq!(c["id"], "chatcmpl-req-42");
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["model"], "mistral-7b-instruct");
+    }
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    assert_eq!(chunks[0]["choices"][0]["finish_reason"], Value::Null);
+    let mut text = String::new();
+    for (i, c) in chunks[1..6].iter().enumerate() {
+        let choice = &c["choices"][0];
+        assert!(choice["delta"].get("role").is_none());
+        let t = choice["delta"]["content"].as_str().unwrap_or("");
+        assert_eq!(wire::tokens::count(t), 1, "one token per chunk: {t:?}");
+        text.push_str(t);
+        let want = if i == 4 { json!("length") } else { Value::Null };
+        assert_eq!(choice["finish_reason"], want);
+        assert!(c.get("usage").is_none(), "content chunks carry no usage");
+    }
+    assert_eq!(wire::tokens::count(&text), 5);
+    let usage_chunk = &chunks[6];
+    assert_eq!(usage_chunk["choices"], json!([]));
+    let prompt =
+        wire::tokens::count_chat(["You are a support bot.", "Where is my invoice?"]) as u64;
+    assert_eq!(
+        usage_chunk["usage"],
+        json!({"prompt_tokens": prompt, "total_tokens": prompt + 5, "completion_tokens": 5})
+    );
+    let tl = sim.handle.timelines();
+    assert_eq!(tl.len(), 1);
+    assert_eq!(tl[0].request_id, "req-42");
+    assert_eq!(tl[0].token_times.len(), 5);
+    assert!(tl[0].finished);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn streamed_chat_without_include_usage_has_no_usage_chunk() {
+    let sim = Sim::start(EngineConfig::default()).await;
+    let (_, events) = sse(sim
+        .post(
+            "/v1/chat/completions",
+            chat_body("mistral-7b-instruct", 3, true, false),
+        )
+        .await)
+    .await;
+    assert_eq!(events.len(), 1 + 3 + 1);
+    assert!(events[4].is_done());
+    for e in &events[..4] {
+        let c = parse(&e.data);
+        assert!(c.get("usage").is_none());
+        assert_eq!(c["choices"].as_array().map(Vec::len), Some(1));
+    }
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn non_streaming_chat_and_completion_bodies() {
+    let sim = Sim::start(EngineConfig::default()).await;
+    let resp = sim
+        .post(
+            "/v1/chat/completions",
+            chat_body("mistral-7b-instruct", 7, false, false),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let Ok(b) = resp.json::<Value>().await else {
+        panic!("json")
+    };
+    assert_eq!(b["object"], "chat.completion");
+    assert!(b["id"].as_str().is_some_and(|s| s.starts_with("chatcmpl-")));
+    let msg = &b["choices"][0]["message"];
+    assert_eq!(msg["role"], "assistant");
+    assert_eq!(
+        wire::tokens::count(msg["content"].as_str().unwrap_or("")),
+        7
+    );
+    assert_eq!(b["choices"][0]["finish_reason"], "length");
+    assert_eq!(b["usage"]["completion_tokens"], 7);
+
+    let resp = sim
+        .post("/v1/completions", json!({"model": "mistral-7b-instruct", "prompt": "Once upon a time", "max_tokens": 4, "n": 2}))
+        .await;
+    let Ok(b) = resp.json::<Value>().await else {
+        panic!("json")
+    };
+    assert_eq!(b["object"], "text_completion");
+    assert_eq!(b["choices"].as_array().map(Vec::len), Some(2));
+    assert_eq!(b["usage"]["completion_tokens"], 8);
+    assert_eq!(
+        b["usage"]["prompt_tokens"],
+        wire::tokens::count("Once upon a time") as u64
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn n_greater_than_one_streams_every_choice() {
+    let sim = Sim::start(EngineConfig::default()).await;
+    let mut body = chat_body("mistral-7b-instruct", 4, true, true);
+    body["n"] = json!(3);
+    let (_, events) = sse(sim.post("/v1/chat/completions", body).await).await;
+    let mut per_choice = [0usize; 3];
+    let mut finished = 0;
+    for e in events.iter().filter(|e| !e.is_done()) {
+        let c = parse(&e.data);
+        for ch in c["choices"].as_array().into_iter().flatten() {
+            let i = ch["index"].as_u64().unwrap_or(99) as usize;
+            if ch["delta"].get("role").is_none() {
+                per_choice[i] += 1;
+            }
+            if ch["finish_reason"] == "length" {
+                finished += 1;
+            }
+        }
+    }
+    assert_eq!(per_choice, [4, 4, 4]);
+    assert_eq!(finished, 3);
+    let last = parse(&events[events.len() - 2].data);
+    assert_eq!(last["usage"]["completion_tokens"], 12);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn models_lists_adapters_with_their_parent() {
+    let sim = Sim::start(lora_cfg(&["tenant-a", "tenant-b"], 2)).await;
+    let Ok(b) = sim.get("/v1/models").await.json::<Value>().await else {
+        panic!("json")
+    };
+    let data = b["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(data.len(), 3);
+    assert_eq!(data[0]["id"], "mistral-7b-instruct");
+    assert_eq!(data[0]["parent"], Value::Null);
+    assert_eq!(data[1]["id"], "tenant-a");
+    assert_eq!(data[1]["parent"], "mistral-7b-instruct");
+    assert_eq!(data[1]["root"], "/adapters/tenant-a");
+    let ok = sim
+        .post(
+            "/v1/chat/completions",
+            chat_body("tenant-b", 2, false, false),
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn error_bodies_have_vllms_shape() {
+    let sim = Sim::start(EngineConfig::default()).await;
+    let resp = sim
+        .post("/v1/chat/completions", chat_body("gpt-9", 2, false, false))
+        .await;
+    assert_eq!(resp.status(), 404);
+    let Ok(b) = resp.json::<Value>().await else {
+        panic!("json")
+    };
+    assert_eq!(
+        b,
+        json!({"error": {"message": "The model `gpt-9` does not exist.", "type": "NotFoundError", "param": null, "code": 404}})
+    );
+
+    let resp = sim.post("/v1/chat/completions", json!({"model": "mistral-7b-instruct", "messages": [{"role":"user","content":"x"}], "max_tokens": 0})).await;
+    assert_eq!(resp.status(), 400);
+    let Ok(b) = resp.json::<Value>().await else {
+        panic!("json")
+    };
+    assert_eq!(b["error"]["type"], "BadRequestError");
+    assert_eq!(b["error"]["param"], "max_tokens");
+    assert_eq!(b["error"]["code"], 400);
+
+    let resp = sim.post("/v1/chat/completions", json!({"model": "mistral-7b-instruct", "messages": [{"role":"user","content":"x"}], "temperature": "hot"})).await;
+    assert_eq!(resp.status(), 400);
+
+    let resp = sim
+        .client
+        .post(sim.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await;
+    assert_eq!(resp.map(|r| r.status().as_u16()).ok(), Some(400));
+
+    // max_tokens: null is "unset", not an error.
+    let resp = sim.post("/v1/chat/completions", json!({"model": "mistral-7b-instruct", "messages": [{"role":"user","content":"x"}], "max_tokens": null})).await;
+    assert_eq!(resp.status(), 200);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn over_long_requests_get_the_context_length_message() {
+    let sim = Sim::start(EngineConfig {
+        max_model_len: Some(256),
+        ..Default::default()
+    })
+    .await;
+    let long = " data".repeat(200);
+    let resp = sim
+        .post("/v1/chat/completions", json!({"model": "mistral-7b-instruct", "messages": [{"role":"user","content": long}], "max_tokens": 100}))
+        .await;
+    assert_eq!(resp.status(), 400);
+    let Ok(b) = resp.json::<Value>().await else {
+        panic!("json")
+    };
+    let msg = b["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.starts_with("This model's maximum context length is 256 tokens. However, you requested 307 tokens (207 in the messages, 100 in the completion)."), "{msg}");
+    // A prompt alone over the limit: the same message family, never a negative max_tokens.
+    let resp = sim
+        .post("/v1/chat/completions", json!({"model": "mistral-7b-instruct", "messages": [{"role":"user","content": " data".repeat(300)}]}))
+        .await;
+    let Ok(b) = resp.json::<Value>().await else {
+        panic!("json")
+    };
+    let msg = b["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("maximum context length is 256 tokens"),
+        "{msg}"
+    );
+    assert!(!msg.contains('-'), "{msg}");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn health_version_and_metrics() {
+    let sim = Sim::start(EngineConfig::default()).await;
+    let h = sim.get("/health").await;
+    assert_eq!(h.status(), 200);
+    assert_eq!(h.bytes().await.map(|b| b.len()).ok(), Some(0));
+    let Ok(v) = sim.get("/version").await.json::<Value>().await else {
+        panic!("json")
+    };
+    assert!(v["version"].is_string());
+    let _ = sse(sim
+        .post(
+            "/v1/chat/completions",
+            chat_body("mistral-7b-instruct", 3, true, false),
+        )
+        .await)
+    .await;
+    let Ok(text) = sim.get("/metrics").await.text().await else {
+        panic!("text")
+    };
+    for name in [
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:num_preemptions_total",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_bucket",
+        "vllm:lora_requests_info",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    assert!(
+        text.contains(
+            "vllm:generation_tokens_total{engine=\"0\",model_name=\"mistral-7b-instruct\"} 3"
+        ),
+        "{text}"
+    );
+    sim.stop().await;
+}
+
+/// Dropping a stream mid-way aborts the request in the engine and frees its KV blocks.
+#[tokio::test]
+async fn client_disconnect_frees_the_request() {
+    let sim = Sim::start(EngineConfig::default()).await;
+    let mut resp = sim
+        .post(
+            "/v1/chat/completions",
+            chat_body("mistral-7b-instruct", 2000, true, false),
+        )
+        .await;
+    for _ in 0..3 {
+        let _ = resp.chunk().await;
+    }
+    let running = |t: &str| {
+        t.lines()
+            .any(|l| l.starts_with("vllm:num_requests_running{") && l.ends_with(" 1"))
+    };
+    let Ok(text) = sim.get("/metrics").await.text().await else {
+        panic!("text")
+    };
+    assert!(running(&text), "{text}");
+    drop(resp);
+    let mut freed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let Ok(text) = sim.get("/metrics").await.text().await else {
+            panic!("text")
+        };
+        if text.contains(
+            "vllm:num_requests_running{engine=\"0\",model_name=\"mistral-7b-instruct\"} 0",
+        ) && text.contains(
+            "vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"mistral-7b-instruct\"} 0\n",
+        ) {
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "request not aborted");
+    let tl = sim.handle.timelines();
+    assert!(!tl[0].finished);
+    sim.stop().await;
+}
+
+/// Issue 4 case 1 and vLLM's runtime adapter semantics: idempotent load, unload removes the
+/// adapter from /v1/models and later requests get 404, ranks over --max-lora-rank refused.
+#[tokio::test(start_paused = true)]
+async fn runtime_adapters_load_unload_and_queue_under_max_loras() {
+    let sim = Sim::start(EngineConfig {
+        max_cpu_loras: Some(4),
+        ..lora_cfg(&["a0", "a1", "a2", "a3"], 1)
+    })
+    .await;
+    for a in ["a0", "a1", "a2", "a3"] {
+        let r = sim
+            .post("/v1/chat/completions", chat_body(a, 3, false, false))
+            .await;
+        assert_eq!(r.status(), 200, "{a}");
+    }
+    let (r0, r1) = tokio::join!(
+        sim.post("/v1/chat/completions", chat_body("a0", 20, true, false)),
+        sim.post("/v1/chat/completions", chat_body("a1", 20, true, false)),
+    );
+    assert_eq!((r0.status().as_u16(), r1.status().as_u16()), (200, 200));
+    let ((_, e0), (_, e1)) = tokio::join!(sse(r0), sse(r1));
+    assert!(e0.last().is_some_and(|e| e.is_done()) && e1.last().is_some_and(|e| e.is_done()));
+
+    let load = json!({"lora_name": "t9", "lora_path": "/adapters/t9"});
+    assert_eq!(
+        sim.post("/v1/load_lora_adapter", load.clone())
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        sim.post("/v1/load_lora_adapter", load).await.status(),
+        200,
+        "idempotent"
+    );
+    let big = json!({"lora_name": "big", "lora_path": "/adapters/big", "rank": 64});
+    assert_eq!(sim.post("/v1/load_lora_adapter", big).await.status(), 400);
+    assert_eq!(
+        sim.post("/v1/chat/completions", chat_body("t9", 2, false, false))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        sim.post("/v1/unload_lora_adapter", json!({"lora_name": "t9"}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        sim.post("/v1/unload_lora_adapter", json!({"lora_name": "t9"}))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        sim.post("/v1/chat/completions", chat_body("t9", 2, false, false))
+            .await
+            .status(),
+        404
+    );
+    let Ok(models) = sim.get("/v1/models").await.json::<Value>().await else {
+        panic!("json")
+    };
+    assert!(
+        models["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().all(|m| m["id"] != "t9"))
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn starting_with_only_max_loras_two_works() {
+    let sim = Sim::start(lora_cfg(&["a0", "a1", "a2"], 2)).await;
+    assert_eq!(
+        sim.post("/v1/chat/completions", chat_body("a2", 2, false, false))
+            .await
+            .status(),
+        200
+    );
+    sim.stop().await;
+}

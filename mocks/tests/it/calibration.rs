@@ -1,0 +1,61 @@
+//! Replays the published runs (a copy of /work/shared/calibration/published-runs.csv, sources
+//! in its `source` column) and holds the simulator to issue 4's error bounds.
+
+use mocks::calibration::{calibrate, median_abs_errors, parse_rows};
+
+const RUNS: &str = include_str!("../data/published-runs.csv");
+
+#[test]
+fn published_runs_are_reproduced_within_the_issue_bounds() {
+    let rows = parse_rows(RUNS);
+    let Ok(rows) = rows else {
+        panic!("{:?}", rows.err())
+    };
+    assert_eq!(rows.len(), 16);
+    let results = calibrate(&rows);
+    for r in &results {
+        let p = match &r.predicted {
+            Ok(p) => p,
+            Err(e) => panic!("{} did not run: {e}", r.id),
+        };
+        let cells: Vec<String> = p
+            .fields()
+            .iter()
+            .zip(r.measured.fields())
+            .zip(r.errors())
+            .map(|(((name, pv), (_, mv)), (_, err))| {
+                format!(
+                    "{name}={:.1}/{} ({})",
+                    pv.unwrap_or(f64::NAN),
+                    mv.map_or("-".to_string(), |m| format!("{m:.1}")),
+                    err.map_or("-".to_string(), |e| format!("{:+.0}%", e * 100.0))
+                )
+            })
+            .collect();
+        eprintln!("{} {}", r.id, cells.join(" "));
+        eprintln!("    {:?}", r.engine);
+    }
+    let med = median_abs_errors(&results);
+    eprintln!("median |error|: {med:?}");
+    let get = |name: &str| {
+        med.iter()
+            .find(|m| m.0 == name)
+            .and_then(|m| m.1)
+            .unwrap_or(1.0)
+    };
+    assert!(get("output_tok_s") <= 0.08, "throughput {med:?}");
+    assert!(get("tpot_mean_ms") <= 0.08, "tpot {med:?}");
+    assert!(get("ttft_mean_ms") <= 0.20, "ttft {med:?}");
+    for r in &results {
+        for (name, e) in r.errors() {
+            if name == "output_tok_s" || name == "tpot_mean_ms" {
+                let e = e.unwrap_or(0.0);
+                assert!(
+                    (0.5..=2.0).contains(&(1.0 + e)),
+                    "{} {name} off by {e:+.2}",
+                    r.id
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Rate limits and budgets through the HTTP surface.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wiremock::matchers::method;
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::common::*;
+
+fn limited(extra: &str) -> String {
+    format!("  - id: limited\n    keys: [sk-limited]\n{extra}")
+}
+
+#[tokio::test]
+async fn rpm_limit_gives_429_with_retry_after_and_headers() {
+    let s = Stack::with(Opts {
+        tenants: limited("    rpm_limit: 2\n"),
+        ..Opts::default()
+    })
+    .await;
+    mount_json(&s.fast, vllm_json("hi", (5, 1))).await;
+    let body = chat_body("chat-fast", false);
+    let r1 = s.chat("sk-limited", &body).await;
+    assert_eq!(r1.status(), 200);
+    assert_eq!(header(&r1, "x-ratelimit-remaining-requests"), Some("1"));
+    assert_eq!(header(&r1, "x-ratelimit-limit-requests"), Some("2"));
+    let r2 = s.chat("sk-limited", &body).await;
+    assert_eq!(header(&r2, "x-ratelimit-remaining-requests"), Some("0"));
+    let r3 = s.chat("sk-limited", &body).await;
+    assert_eq!(r3.status(), 429);
+    // 2 per minute: the next request fits in ~30 s.
+    let retry: u64 = header(&r3, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((25..=30).contains(&retry), "Retry-After {retry}");
+    assert_eq!(header(&r3, "x-ratelimit-remaining-requests"), Some("0"));
+    let v: Value = r3.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "requests");
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("RPM"))
+    );
+    // Other tenants are not affected.
+    assert_eq!(s.chat(T1, &body).await.status(), 200);
+    assert_eq!(Stack::received(&s.fast).await.len(), 3);
+    let m = s
+        .client
+        .get(format!("{}/metrics", s.root()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(m.lines().any(|l| l
+        == "tenantbench_router_rate_limit_rejections_total{tenant=\"limited\",limit=\"requests\"} 1"));
+}
+
+#[tokio::test]
+async fn tpm_reserves_estimates_and_reconciles_streams_with_usage() {
+    // Issue 3 case 3: tpm_limit 100, streams whose usage is 80 tokens each: the counter moves by
+    // 80 per stream, and the third stream is refused.
+    let s = Stack::with(Opts {
+        tenants: limited("    tpm_limit: 100\n"),
+        ..Opts::default()
+    })
+    .await;
+    mount_sse(&s.fast, vllm_sse(&[" a"], Some((70, 10)))).await;
+    let mut body = chat_body("chat-fast", true);
+    body["max_tokens"] = json!(200);
+    let r1 = s.chat("sk-limited", &body).await;
+    assert_eq!(r1.status(), 200);
+    // At admission the estimate (prompt + 200) overdraws the bucket.
+    assert_eq!(header(&r1, "x-ratelimit-remaining-tokens"), Some("0"));
+    let _ = r1.text().await;
+    // After the stream, usage (80) replaced the estimate: about 20 tokens are left.
+    let models = s
+        .client
+        .get(s.url("/models"))
+        .bearer_auth("sk-limited")
+        .send()
+        .await
+        .expect("models");
+    let left: u64 = header(&models, "x-ratelimit-remaining-tokens")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((20..=23).contains(&left), "{left} tokens left");
+    let r2 = s.chat("sk-limited", &body).await;
+    assert_eq!(r2.status(), 200);
+    let _ = r2.text().await;
+    let r3 = s.chat("sk-limited", &body).await;
+    assert_eq!(r3.status(), 429);
+    let v: Value = r3.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "tokens");
+}
+
+#[tokio::test]
+async fn parallel_slot_is_held_until_the_stream_ends() {
+    let engine = SlowEngine::start(SlowEngine::vllm_events(4), Duration::from_millis(150)).await;
+    let s = Stack::with(Opts {
+        fast_base: Some(engine.base.clone()),
+        tenants: limited("    max_parallel_requests: 1\n"),
+        ..Opts::default()
+    })
+    .await;
+    let body = chat_body("chat-fast", true);
+    let first = s.chat("sk-limited", &body).await;
+    assert_eq!(first.status(), 200);
+    let second = s.chat("sk-limited", &body).await;
+    assert_eq!(second.status(), 429);
+    let v: Value = second.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "parallel_requests");
+    let _ = first.text().await;
+    // Give the router a moment to see the body finished.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = s.chat("sk-limited", &body).await;
+    assert_eq!(third.status(), 200);
+    let _ = third.text().await;
+    engine.token.cancel();
+}
+
+#[tokio::test]
+async fn spend_is_usage_times_the_deployments_prices() {
+    let mut s = Stack::with(Opts {
+        fast_prices: (0.001, 0.002),
+        ..Opts::default()
+    })
+    .await;
+    mount_json(&s.fast, vllm_json("hi", (10, 5))).await;
+    let r = s.chat(T1, &chat_body("chat-fast", false)).await;
+    assert_eq!(r.status(), 200);
+    let cost: f64 = header(&r, "x-litellm-response-cost")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!((cost - 0.02).abs() < 1e-9, "cost {cost}");
+    let m = s
+        .client
+        .get(format!("{}/metrics", s.root()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        m.contains("tenantbench_router_spend_total{tenant=\"tenant-01\"} 0.02"),
+        "{m}"
+    );
+    let lines = s.stop().await;
+    assert!((lines[0]["cost"].as_f64().unwrap_or(0.0) - 0.02).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn budget_exceeded_is_refused_with_its_own_type() {
+    let s = Stack::with(Opts {
+        fast_prices: (0.001, 0.002),
+        tenants: limited("    max_budget: 0.05\n    budget_duration: 1h\n"),
+        ..Opts::default()
+    })
+    .await;
+    mount_json(&s.fast, vllm_json("hi", (10, 5))).await;
+    let mut body = chat_body("chat-fast", false);
+    body["max_tokens"] = json!(1);
+    let mut ok = 0;
+    let mut refused = None;
+    for _ in 0..5 {
+        let r = s.chat("sk-limited", &body).await;
+        if r.status() == 200 {
+            ok += 1;
+        } else {
+            refused = Some(r);
+            break;
+        }
+    }
+    // Each request costs 0.02: two fit in 0.05, the third's worst case does not.
+    assert_eq!(ok, 2);
+    let r = refused.expect("a refusal");
+    assert_eq!(r.status(), 400);
+    assert!(
+        header(&r, "retry-after").is_some(),
+        "budget resets within the hour"
+    );
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "budget_exceeded");
+}
+
+#[tokio::test]
+async fn racing_requests_cannot_overspend_the_budget() {
+    // Issue 3 case 1: budget 0.010, each request's worst case 0.004 (40 tokens × 0.0001),
+    // 10 requests released together: at most 2 succeed.
+    let s = Stack::with(Opts {
+        fast_prices: (0.0, 0.0001),
+        tenants: limited("    max_budget: 0.010\n"),
+        settings: ", budget_exceeded_status: 429".into(),
+        ..Opts::default()
+    })
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(vllm_json("hi", (10, 35)))
+                .set_delay(Duration::from_millis(300)),
+        )
+        .mount(&s.fast)
+        .await;
+    let mut body = chat_body("chat-fast", false);
+    body["max_tokens"] = json!(40);
+    let all = futures_util::future::join_all((0..10).map(|_| s.chat("sk-limited", &body))).await;
+    let ok = all.iter().filter(|r| r.status() == 200).count();
+    let refused = all.iter().filter(|r| r.status() == 429).count();
+    assert_eq!((ok, refused), (2, 8));
+    // Spent 0.007; the next worst case (0.004) no longer fits.
+    let r = s.chat("sk-limited", &body).await;
+    assert_eq!(r.status(), 429);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "budget_exceeded");
+}

@@ -1,0 +1,103 @@
+//! The router in front of the real simulator (`mocks`): adapters, usage and token timing.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+async fn simulator(token: &CancellationToken) -> mocks::SimHandle {
+    let cfg = mocks::EngineConfig {
+        enable_lora: true,
+        lora_modules: vec![mocks::LoraModule {
+            name: "tenant-01-fast".into(),
+            path: "/adapters/tenant-01-fast".into(),
+            rank: None,
+        }],
+        max_loras: 4,
+        ..mocks::EngineConfig::default()
+    };
+    mocks::spawn(cfg, token.clone())
+        .await
+        .expect("simulator starts")
+}
+
+#[tokio::test]
+async fn adapter_usage_and_token_timing_survive_the_router() {
+    let sim_token = CancellationToken::new();
+    let sim = simulator(&sim_token).await;
+    let mut s = Stack::with(Opts {
+        fast_base: Some(sim.base_url()),
+        ..Opts::default()
+    })
+    .await;
+    let mut itl_error_ms = Vec::new();
+    for i in 0..4 {
+        let rid = format!("sim-{i}");
+        let mut body = chat_body("chat-fast", true);
+        body["max_tokens"] = json!(24);
+        let r = s
+            .client
+            .post(s.url("/chat/completions"))
+            .bearer_auth(T1)
+            .header("x-request-id", &rid)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+        let mut stream = r.bytes_stream();
+        let mut parser = wire::sse::SseParser::new();
+        let mut token_at = Vec::new();
+        let mut saw_usage = false;
+        let mut done = false;
+        while let Some(chunk) = stream.next().await {
+            let now = Instant::now();
+            for ev in parser.push(&chunk.expect("chunk")) {
+                if ev.is_done() {
+                    done = true;
+                    continue;
+                }
+                let c: wire::openai::StreamChunk =
+                    serde_json::from_str(&ev.data).unwrap_or_default();
+                saw_usage |= c.usage.is_some();
+                if !c.generated_text().is_empty() {
+                    token_at.push(now);
+                }
+            }
+        }
+        assert!(done && !saw_usage, "stripped usage, kept [DONE]");
+        let tl = sim
+            .timelines()
+            .into_iter()
+            .find(|t| t.request_id == rid)
+            .expect("the simulator saw our x-request-id");
+        assert_eq!(tl.lora.as_deref(), Some("tenant-01-fast"));
+        assert_eq!(tl.token_times.len(), token_at.len());
+        // Gaps between tokens as the client saw them vs as the engine sent them.
+        for (client, engine) in token_at.windows(2).zip(tl.itls()) {
+            let c = client[1].duration_since(client[0]);
+            itl_error_ms.push((c.as_secs_f64() - engine.as_secs_f64()).abs() * 1e3);
+        }
+    }
+    itl_error_ms.sort_by(f64::total_cmp);
+    let median = itl_error_ms[itl_error_ms.len() / 2];
+    eprintln!(
+        "client vs engine ITL through the router: median |error| {median:.3} ms over {} gaps",
+        itl_error_ms.len()
+    );
+    assert!(median < 2.0, "median ITL error {median} ms");
+
+    let lines = s.stop().await;
+    assert_eq!(lines.len(), 4);
+    for l in &lines {
+        assert_eq!(l["outcome"], "ok");
+        assert_eq!(l["completion_tokens"], 24, "{l}");
+        assert_eq!(l["tokens_estimated"], false);
+        assert!(l["prompt_tokens"].as_u64().is_some_and(|p| p > 0));
+    }
+    sim_token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sim.stopped()).await;
+}
