@@ -23,6 +23,18 @@ pub enum Command {
     MockVllm(MockVllmArgs),
     /// Serve the reference router from a LiteLLM-style config.yaml with a `tenants:` section.
     Router(RouterArgs),
+    /// Replay published vLLM benchmark runs against the simulator (in simulated time) and print
+    /// predicted vs measured with the error per metric.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// CSV in the format of shared/calibration/published-runs.csv.
+    pub file: PathBuf,
+    /// Write the input rows with pred_* columns added to this CSV file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

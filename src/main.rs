@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         Command::Run(_) | Command::Check(_) => "warn",
         Command::MockVllm(_) | Command::Router(_) => "info",
+        Command::Calibrate(_) => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -59,6 +60,10 @@ async fn dispatch(command: Command) -> ExitCode {
         },
         Command::Run(args) => run(args, shutdown).await,
         Command::MockVllm(args) => match mock_vllm(args, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
+        },
+        Command::Calibrate(args) => match calibrate(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
         },
@@ -159,7 +164,7 @@ fn engine_config(a: &MockVllmArgs) -> anyhow::Result<mocks::EngineConfig> {
 async fn mock_vllm(args: MockVllmArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = engine_config(&args)?;
     if !cfg.lora_modules.is_empty() && !cfg.enable_lora {
-        anyhow::bail!("--lora-modules needs --enable-lora");
+        anyhow::bail!("--lora-modules needs --enable-lora (as with vllm serve)");
     }
     mocks::plan_memory(&cfg)?;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -175,6 +180,23 @@ async fn router(args: cli::RouterArgs, shutdown: CancellationToken) -> anyhow::R
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     router::serve(listener, cfg, async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}
+
+async fn calibrate(args: cli::CalibrateArgs) -> anyhow::Result<()> {
+    let file = args.file.display().to_string();
+    let text =
+        std::fs::read_to_string(&args.file).with_context(|| format!("{file}: cannot read"))?;
+    let rows = mocks::calibration::parse_rows(&text).with_context(|| file.clone())?;
+    // The replay runs in simulated time and is CPU-bound: keep it off the async workers.
+    let results = tokio::task::spawn_blocking(move || mocks::calibration::calibrate(&rows)).await?;
+    print!("{}", mocks::calibration::render_table(&results));
+    if let Some(out) = &args.out {
+        let csv =
+            mocks::calibration::predictions_csv(&text, &results).with_context(|| file.clone())?;
+        std::fs::write(out, csv).with_context(|| format!("{}: cannot write", out.display()))?;
+        println!("predictions: {}", out.display());
+    }
     Ok(())
 }
 

@@ -20,5 +20,5 @@ pub mod schedule;
 pub mod stack;
 
 pub use error::{RunError, ScenarioError};
-pub use run::{RunOptions, RunOutcome, Target, drive, run};
+pub use run::{Driven, RunOptions, RunOutcome, Target, drive, run};
 pub use scenario::{Scenario, load};

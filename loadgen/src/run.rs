@@ -75,14 +75,23 @@ pub fn utc_stamp(t: SystemTime) -> String {
     )
 }
 
-/// Drives the scenario's schedule against `target` and returns one record per planned request
-/// (fewer if cancelled). `t0` is placed a little in the future so the first sends are not late.
+/// What [`drive`] measured.
+#[derive(Debug)]
+pub struct Driven {
+    /// One record per planned request, in completion order.
+    pub records: Vec<RequestRecord>,
+    /// Wall-clock time of the schedule's t0 (every `*_start_ms` is relative to it).
+    pub t0_wall: SystemTime,
+}
+
+/// Drives the scenario's schedule against `target` and returns one record per planned request.
+/// `t0` is placed a little in the future so the first sends are not late.
 pub async fn drive(
     s: &Scenario,
     target: &Target,
     progress: Option<&ProgressBar>,
     shutdown: &CancellationToken,
-) -> Result<Vec<RequestRecord>, RunError> {
+) -> Result<Driven, RunError> {
     let plan = schedule::build(s);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
@@ -126,7 +135,9 @@ pub async fn drive(
     };
 
     let tracker = TaskTracker::new();
-    let t0 = Instant::now() + Duration::from_millis(100);
+    let lead = Duration::from_millis(100);
+    let t0 = Instant::now() + lead;
+    let t0_wall = SystemTime::now() + lead;
     let timeout = Duration::from_secs_f64(s.request_timeout_s);
     let mut interrupted = false;
     for p in plan {
@@ -156,7 +167,7 @@ pub async fn drive(
     if interrupted || shutdown.is_cancelled() {
         return Err(RunError::Interrupted);
     }
-    Ok(records)
+    Ok(Driven { records, t0_wall })
 }
 
 #[expect(
@@ -328,13 +339,13 @@ pub async fn run(
         }
     };
 
-    let records = drive(s, &target, opts.progress.as_ref(), &shutdown).await;
+    let driven = drive(s, &target, opts.progress.as_ref(), &shutdown).await;
     stack_token.cancel();
-    let records = records?;
+    let driven = driven?;
     if let Some(pb) = &opts.progress {
         pb.finish_and_clear();
     }
-    let data = run_data(s, records, started, &label, engines);
+    let data = run_data(s, driven.records, driven.t0_wall, &label, engines);
     let out = dir.clone();
     let summary = tokio::task::spawn_blocking(move || {
         let summary = reports::summarize(&data);

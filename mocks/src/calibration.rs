@@ -711,3 +711,88 @@ mod tests {
         assert!(p.tpot_mean_ms.is_some_and(|t| t > 5.0));
     }
 }
+
+/// A terminal table of predicted vs measured per row and metric, with the relative error, and
+/// the median absolute error per metric at the end.
+pub fn render_table(results: &[CalibrationResult]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let names = RunMetrics::default().fields().map(|(n, _)| n);
+    let _ = write!(out, "{:<5}", "row");
+    for n in names {
+        let _ = write!(out, " {n:>26}");
+    }
+    out.push('\n');
+    for r in results {
+        let _ = write!(out, "{:<5}", r.id);
+        match &r.predicted {
+            Err(reason) => {
+                let _ = write!(out, " not run: {reason}");
+            }
+            Ok(p) => {
+                for (((_, pv), (_, mv)), (_, e)) in
+                    p.fields().iter().zip(r.measured.fields()).zip(r.errors())
+                {
+                    let cell = match (pv, mv, e) {
+                        (Some(p), Some(m), Some(e)) => {
+                            format!("{p:.1} vs {m:.1} ({:+.0}%)", e * 100.0)
+                        }
+                        (Some(p), None, _) => format!("{p:.1} (not measured)"),
+                        _ => "-".to_string(),
+                    };
+                    let _ = write!(out, " {cell:>26}");
+                }
+            }
+        }
+        out.push('\n');
+    }
+    let _ = write!(out, "{:<5}", "MdAE");
+    for (_, e) in median_abs_errors(results) {
+        let cell = e.map_or("-".to_string(), |e| format!("{:.1}%", e * 100.0));
+        let _ = write!(out, " {cell:>26}");
+    }
+    out.push('\n');
+    out
+}
+
+/// The input CSV with `pred_*` columns appended, one per metric (empty where the row did not
+/// run or the metric has no prediction). `input` is the text the rows were parsed from.
+pub fn predictions_csv(input: &str, results: &[CalibrationResult]) -> Result<String, RowError> {
+    let csv_err = |row: usize| {
+        move |e: csv::Error| RowError {
+            row,
+            message: e.to_string(),
+        }
+    };
+    let mut reader = csv::ReaderBuilder::new().from_reader(input.as_bytes());
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = reader
+        .headers()
+        .map_err(csv_err(0))?
+        .iter()
+        .map(String::from)
+        .collect();
+    header.extend(
+        RunMetrics::default()
+            .fields()
+            .map(|(n, _)| format!("pred_{n}")),
+    );
+    writer.write_record(&header).map_err(csv_err(0))?;
+    for (i, rec) in reader.records().enumerate() {
+        let rec = rec.map_err(csv_err(i + 1))?;
+        let mut row: Vec<String> = rec.iter().map(String::from).collect();
+        let predicted = results.get(i).and_then(|r| r.predicted.as_ref().ok());
+        for (_, v) in predicted.copied().unwrap_or_default().fields() {
+            row.push(v.map_or(String::new(), |v| format!("{v:.3}")));
+        }
+        writer.write_record(&row).map_err(csv_err(i + 1))?;
+    }
+    let bytes = writer.into_inner().map_err(|e| RowError {
+        row: 0,
+        message: e.to_string(),
+    })?;
+    String::from_utf8(bytes).map_err(|e| RowError {
+        row: 0,
+        message: e.to_string(),
+    })
+}

@@ -30,7 +30,9 @@ use http::{HeaderMap, HeaderValue, header};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use wire::openai::{ChatRequest, CompletionRequest, FieldError, Prompt, Usage};
+use wire::openai::{
+    ChatRequest, CompletionRequest, FieldError, Prompt, Usage, ValidChat, ValidCompletion,
+};
 use wire::sse::SseParser;
 
 use crate::audit::{AuditRecord, Outcome};
@@ -38,13 +40,12 @@ use crate::balancer::Group;
 use crate::config::Deployment;
 use crate::error::ApiError;
 use crate::headers;
-use crate::key::KeyHash;
 use crate::ledger::{Hold, Money, SpendEntry};
 use crate::limiter::{Allowance, Grant, ParallelSlot};
 use crate::metrics::{Refusal, Who};
 use crate::relay::Tally;
 use crate::server::AppState;
-use crate::tenant::{Principal, bearer};
+use crate::tenant::Principal;
 use crate::upstream::{self, UpstreamError};
 
 /// The two OpenAI generation endpoints.
@@ -259,54 +260,25 @@ impl Exchange {
                 message: format!("Request body is not valid JSON: {e}"),
             })
         })?;
-        let Value::Object(mut body) = value else {
+        if !value.is_object() {
             return Err(ApiError::InvalidRequest(FieldError {
                 param: None,
                 message: "Request body must be a JSON object.".into(),
             }));
-        };
-        let v = Value::Object(std::mem::take(&mut body));
-        let (model, stream, client_usage, prompt_estimate, completion_estimate) =
-            match self.endpoint {
-                Endpoint::Chat => {
-                    let c = typed::<ChatRequest>(&v)
-                        .and_then(ChatRequest::validate)
-                        .map_err(ApiError::InvalidRequest)?;
-                    let texts: Vec<String> = c.messages.iter().map(|m| m.text()).collect();
-                    let prompt = wire::tokens::count_chat(texts.iter().map(String::as_str));
-                    let completion = c
-                        .max_tokens
-                        .unwrap_or(self.state.settings.default_max_tokens_estimate);
-                    (
-                        c.model,
-                        c.stream,
-                        c.include_usage,
-                        prompt as u64,
-                        u64::from(completion) * u64::from(c.n),
-                    )
-                }
-                Endpoint::Completions => {
-                    let c = typed::<CompletionRequest>(&v)
-                        .and_then(CompletionRequest::validate)
-                        .map_err(ApiError::InvalidRequest)?;
-                    let prompt = match &c.prompt {
-                        Prompt::Text(t) => wire::tokens::count(t),
-                        Prompt::Texts(ts) => ts.iter().map(|t| wire::tokens::count(t)).sum(),
-                        Prompt::Tokens(t) => t.len(),
-                        Prompt::TokenBatches(b) => b.iter().map(Vec::len).sum(),
-                    };
-                    (
-                        c.model,
-                        c.stream,
-                        c.include_usage,
-                        prompt as u64,
-                        u64::from(c.max_tokens) * u64::from(c.n),
-                    )
-                }
-            };
-        if let Value::Object(m) = v {
-            body = m;
         }
+        let valid = match self.endpoint {
+            Endpoint::Chat => typed::<ChatRequest>(&value)
+                .and_then(ChatRequest::validate)
+                .map(Valid::Chat),
+            Endpoint::Completions => typed::<CompletionRequest>(&value)
+                .and_then(CompletionRequest::validate)
+                .map(Valid::Completion),
+        }
+        .map_err(ApiError::InvalidRequest)?;
+        let (model, stream, client_usage) = match &valid {
+            Valid::Chat(c) => (c.model.clone(), c.stream, c.include_usage),
+            Valid::Completion(c) => (c.model.clone(), c.stream, c.include_usage),
+        };
         self.rec.model = Some(model.clone());
         let group =
             self.state
@@ -319,6 +291,11 @@ impl Exchange {
         if !principal.may_use(&model) {
             return Err(ApiError::ModelNotAllowed { model });
         }
+        let (prompt_estimate, completion_estimate) =
+            estimate(&valid, self.state.settings.default_max_tokens_estimate);
+        let Value::Object(mut body) = value else {
+            return Err(ApiError::Internal("request body changed shape".into()));
+        };
         let strip_usage = stream && !client_usage;
         if strip_usage {
             let opts = body
@@ -344,18 +321,8 @@ impl Exchange {
     }
 
     fn authenticate(&mut self, h: &HeaderMap) -> Result<Principal, ApiError> {
-        let raw = h
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .ok_or(ApiError::MissingKey)?;
-        let hash = KeyHash::of(raw);
-        let principal = self
-            .state
-            .directory
-            .lookup(&hash)
-            .cloned()
-            .ok_or(ApiError::InvalidKey)?;
+        let (hash, principal) = self.state.directory.authenticate(h)?;
+        let principal = principal.clone();
         self.rec.key_hash = Some(hash.to_hex());
         match &principal {
             Principal::Tenant(t) => {
@@ -789,6 +756,35 @@ fn client_stream(
     futures_util::stream::unfold((rx, slot), |(mut rx, slot)| async move {
         rx.recv().await.map(|item| (item, (rx, slot)))
     })
+}
+
+/// A validated request of either endpoint.
+enum Valid {
+    Chat(ValidChat),
+    Completion(ValidCompletion),
+}
+
+/// `(prompt, completion)` tokens a request may use, for admission: prompt counted with the
+/// shared cl100k counter (chat template overhead included), completion from `max_tokens`
+/// (or the configured default for chat) times `n`.
+fn estimate(v: &Valid, default_max_tokens: u32) -> (u64, u64) {
+    match v {
+        Valid::Chat(c) => {
+            let texts: Vec<String> = c.messages.iter().map(|m| m.text()).collect();
+            let prompt = wire::tokens::count_chat(texts.iter().map(String::as_str));
+            let completion = c.max_tokens.unwrap_or(default_max_tokens);
+            (prompt as u64, u64::from(completion) * u64::from(c.n))
+        }
+        Valid::Completion(c) => {
+            let prompt = match &c.prompt {
+                Prompt::Text(t) => wire::tokens::count(t),
+                Prompt::Texts(ts) => ts.iter().map(|t| wire::tokens::count(t)).sum(),
+                Prompt::Tokens(t) => t.len(),
+                Prompt::TokenBatches(b) => b.iter().map(Vec::len).sum(),
+            };
+            (prompt as u64, u64::from(c.max_tokens) * u64::from(c.n))
+        }
+    }
 }
 
 /// Reads the typed request out of the JSON without copying it (the body is kept for

@@ -23,12 +23,11 @@ use crate::balancer::Balancer;
 use crate::config::{RouterConfig, RoutingSettings, Settings};
 use crate::error::ApiError;
 use crate::headers;
-use crate::key::KeyHash;
 use crate::ledger::{Ledger, MemoryLedger};
 use crate::limiter::{Limiter, MemoryLimiter};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Endpoint};
-use crate::tenant::{Directory, Principal, bearer};
+use crate::tenant::Directory;
 use crate::upstream::Upstream;
 
 /// Everything a request needs, shared by all of them.
@@ -120,22 +119,9 @@ async fn completions(State(state): State<Arc<AppState>>, req: Request) -> Respon
     proxy::handle(state, Endpoint::Completions, req).await
 }
 
-fn principal(state: &AppState, h: &HeaderMap) -> Result<Principal, ApiError> {
-    let raw = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .ok_or(ApiError::MissingKey)?;
-    state
-        .directory
-        .lookup(&KeyHash::of(raw))
-        .cloned()
-        .ok_or(ApiError::InvalidKey)
-}
-
 async fn models(State(state): State<Arc<AppState>>, h: HeaderMap) -> Response {
-    let who = match principal(&state, &h) {
-        Ok(p) => p,
+    let who = match state.directory.authenticate(&h) {
+        Ok((_, p)) => p.clone(),
         Err(e) => return e.into_response(),
     };
     let data = state

@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::{HeaderMap, header};
+
 use crate::config::{RouterConfig, TenantConfig};
+use crate::error::ApiError;
 use crate::key::KeyHash;
 
 /// A tenant of the running router.
@@ -94,6 +97,19 @@ impl Directory {
     /// The principal holding the key with this digest.
     pub fn lookup(&self, hash: &KeyHash) -> Option<&Principal> {
         self.by_key.get(hash)
+    }
+
+    /// The caller of a request, from its `Authorization: Bearer` header: 401 when the header
+    /// is missing or the key unknown. The raw key is hashed at once and not kept.
+    pub fn authenticate(&self, h: &HeaderMap) -> Result<(KeyHash, &Principal), ApiError> {
+        let raw = h
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .ok_or(ApiError::MissingKey)?;
+        let hash = KeyHash::of(raw);
+        let principal = self.lookup(&hash).ok_or(ApiError::InvalidKey)?;
+        Ok((hash, principal))
     }
 }
 

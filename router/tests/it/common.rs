@@ -1,8 +1,6 @@
 //! Shared fixtures: a router in front of two wiremock engines, vLLM-shaped bodies, and a
 //! scripted slow SSE engine for timing and cancellation.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,7 +61,8 @@ pub struct Stack {
     pub strong: MockServer,
     pub router: Option<router::RouterHandle>,
     pub token: CancellationToken,
-    pub dir: tempfile::TempDir,
+    /// Keeps the audit log's directory alive.
+    pub _dir: tempfile::TempDir,
     pub audit: PathBuf,
     pub client: reqwest::Client,
     pub base: String,
@@ -129,7 +128,7 @@ impl Stack {
             strong,
             router: Some(handle),
             token,
-            dir,
+            _dir: dir,
             audit,
             client: client(),
             base,
@@ -355,14 +354,6 @@ impl SlowEngine {
         let whole = vllm_sse(&refs, Some((9, n as u64)));
         whole.split_inclusive("\n\n").map(str::to_string).collect()
     }
-}
-
-/// The `data:` payloads of an SSE body.
-pub fn data_lines(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|b| b.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
 }
 
 pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {

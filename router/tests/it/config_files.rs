@@ -52,9 +52,7 @@ fn good_file_loads_and_bad_files_name_the_field() {
     ];
     for (i, (text, field)) in cases.into_iter().enumerate() {
         let p = write(&dir, &format!("bad{i}.yaml"), &text);
-        let e = router::config::load(&p)
-            .err()
-            .expect("bad config is refused");
+        let e = router::config::load(&p).expect_err("bad config is refused");
         assert_eq!(e.path(), Some(field));
         let msg = e.to_string();
         assert!(msg.starts_with(&p.display().to_string()), "{msg}");

@@ -80,6 +80,10 @@ async fn events_are_forwarded_as_they_arrive() {
         "whole stream took {total:?}"
     );
     assert!(seen.ends_with("data: [DONE]\n\n"));
+    assert!(engine.completed.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(engine.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let sent = engine.bodies.lock().expect("lock").clone();
+    assert_eq!(sent[0]["model"], "tenant-01-fast");
     engine.token.cancel();
 }
 
