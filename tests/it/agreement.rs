@@ -37,7 +37,8 @@ async fn loadgen_latency_matches_the_simulators_schedule_within_2ms() {
     let t_before = tokio::time::Instant::now();
     let records = loadgen::drive(&s, &target, None, &token)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+        .records;
     let timelines: HashMap<String, mocks::RequestTimeline> = stack.engines[0]
         .1
         .timelines()

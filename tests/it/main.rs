@@ -5,3 +5,4 @@ mod common;
 
 mod agreement;
 mod cli;
+mod servers;
