@@ -48,9 +48,42 @@ pub struct RunArgs {
     /// starting the embedded stack. Keys: TENANTBENCH_KEY_<TENANT_ID> or TENANTBENCH_API_KEY.
     #[arg(long)]
     pub target: Option<String>,
-    /// No progress bar and no summary table; only the results directory is printed.
+    /// No progress bar and no summary table; only the results directory (and any failing
+    /// gate lines, on stderr) are printed.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print summary.json on stdout (one line) instead of the table, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// A previous run's summary.json: latency percentiles, rates and error rate must not
+    /// regress by more than --max-regression (each comparison becomes a gate).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Allowed regression against --baseline, e.g. 10% (default).
+    #[arg(long, default_value = "10%")]
+    pub max_regression: String,
+    /// Run only shard i of n (0-based, e.g. 0/3): every n-th tenant from i. Merge the shards'
+    /// results with `tenantbench report merge`.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(u32, u32)>,
+}
+
+fn parse_shard(s: &str) -> Result<(u32, u32), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}': expected i/n, e.g. 0/2"))?;
+    let i: u32 = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}': i is not a number"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}': n is not a number"))?;
+    if n == 0 || i >= n {
+        return Err(format!("'{s}': need 0 <= i < n"));
+    }
+    Ok((i, n))
 }
 
 #[derive(Debug, Args)]

@@ -84,7 +84,15 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string(), i32::from(EXIT_USAGE)),
     };
-    let progress = if args.quiet {
+    let baseline = match &args.baseline {
+        None => None,
+        Some(path) => match read_baseline(path, &args.max_regression) {
+            Ok(b) => Some(b),
+            Err(e) => return fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
+        },
+    };
+    let quiet = args.quiet || args.json;
+    let progress = if quiet {
         None
     } else {
         let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
@@ -99,26 +107,87 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> ExitCode {
         out_dir: args.out,
         target: args.target,
         progress,
+        shard: args.shard,
+        baseline,
     };
     match loadgen::run(&scenario, opts, shutdown).await {
-        Ok(outcome) => {
-            if !args.quiet {
-                println!("{}", reports::render_table(&outcome.summary));
-            }
-            println!("results: {}", outcome.dir.display());
-            if outcome.summary.gates_passed() {
-                ExitCode::SUCCESS
-            } else {
-                for g in outcome.summary.gates.iter().filter(|g| !g.passed) {
-                    eprintln!(
-                        "gate failed: {} (observed {:?}, threshold {})",
-                        g.name, g.observed, g.threshold
-                    );
-                }
-                ExitCode::from(EXIT_GATE)
-            }
-        }
+        Ok(outcome) => verdict(&outcome.summary, &outcome.dir, quiet, args.json),
         Err(e) => fail(&e.to_string(), e.exit_code()),
+    }
+}
+
+fn read_baseline(path: &std::path::Path, max: &str) -> anyhow::Result<(reports::Summary, f64)> {
+    let max = reports::baseline::parse_regression(max)
+        .map_err(|e| anyhow::anyhow!("--max-regression: {e}"))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--baseline {}: cannot read", path.display()))?;
+    let summary: reports::Summary = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "--baseline {}: not a tenantbench summary.json",
+            path.display()
+        )
+    })?;
+    Ok((summary, max))
+}
+
+/// Prints the outcome and picks the exit code: 3 when a gate, an SLO or isolation failed, with
+/// one line per failure on stderr.
+fn verdict(summary: &reports::Summary, dir: &std::path::Path, quiet: bool, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string(summary) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(&format!("cannot serialise the summary: {e}"), 1),
+        }
+    } else {
+        if !quiet {
+            println!("{}", reports::render_table(summary));
+        }
+        println!("results: {}", dir.display());
+    }
+    let mut failures: Vec<String> = summary.failed_gates().map(|g| g.describe()).collect();
+    let mut slo = |scope: String, v: &Option<reports::SloVerdict>| {
+        for c in v.iter().flat_map(|v| &v.checks).filter(|c| !c.passed) {
+            failures.push(format!(
+                "FAIL slo {scope}: {} = {} (must be <= {})",
+                c.metric,
+                c.observed
+                    .map_or_else(|| "no data".into(), |v| format!("{v:.3}")),
+                c.threshold
+            ));
+        }
+    };
+    slo("overall".into(), &summary.slo);
+    for g in &summary.groups {
+        slo(format!("group {}", g.group), &g.slo);
+    }
+    for t in &summary.tenants {
+        slo(format!("tenant {}", t.tenant), &t.slo);
+    }
+    if let Some(i) = &summary.isolation {
+        for v in i.victims.iter().filter(|v| !v.passed) {
+            failures.push(format!(
+                "FAIL isolation: victim {} {} ratio {} (must be <= {})",
+                v.tenant,
+                i.metric,
+                v.ratio
+                    .map_or_else(|| "no data".into(), |r| format!("{r:.2}")),
+                i.max_ratio
+            ));
+        }
+        for a in i.aggressors.iter().filter(|a| !a.limits_held) {
+            failures.push(format!(
+                "FAIL isolation: aggressor {} exceeded its limits ({} requests/min accepted, rpm_limit {:?}; {} tokens/min, tpm_limit {:?})",
+                a.tenant, a.max_accepted_requests_per_min, a.rpm_limit, a.max_accepted_tokens_per_min, a.tpm_limit
+            ));
+        }
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for f in &failures {
+            eprintln!("{f}");
+        }
+        ExitCode::from(EXIT_GATE)
     }
 }
 

@@ -43,7 +43,11 @@ pub fn check(s: &Scenario) -> Result<CheckReport, RunError> {
         s.warmup_s,
         s.seed,
     )];
-    let offered: f64 = s.tenants.iter().map(|t| t.arrival.rate_per_s()).sum();
+    let offered: f64 = s
+        .tenants
+        .iter()
+        .map(|t| t.arrival.mean_rate_per_s(s.duration_s).unwrap_or(0.0))
+        .sum();
     lines.push(format!(
         "offered load: {offered:.2} requests/s across all tenants"
     ));

@@ -59,6 +59,8 @@ pub struct StreamObservation {
     pub usage: Option<Usage>,
     pub saw_done: bool,
     pub error: Option<String>,
+    /// Every generated character on every channel, in order: the exact text the stream carried.
+    pub text: String,
 }
 
 impl StreamObservation {
@@ -76,10 +78,16 @@ impl StreamObservation {
             if self.saw_done {
                 continue;
             }
-            if ev.event.as_deref() == Some("error") {
-                self.error
-                    .get_or_insert_with(|| format!("error event: {}", truncate(&ev.data)));
-                continue;
+            match ev.event.as_deref() {
+                None | Some("message") => {}
+                Some("error") => {
+                    self.error
+                        .get_or_insert_with(|| format!("error event: {}", truncate(&ev.data)));
+                    continue;
+                }
+                // Named events other than errors (`ping`, proxies' heartbeats) carry no tokens:
+                // reading them as chunks would turn a keep-alive into a parse failure.
+                Some(_) => continue,
             }
             let chunk: StreamChunk = match serde_json::from_str(&ev.data) {
                 Ok(c) => c,
@@ -118,6 +126,7 @@ impl StreamObservation {
             }
             self.last_token = Some(now);
             self.counted_tokens += k;
+            self.text.push_str(&text);
         }
     }
 }
@@ -132,6 +141,15 @@ fn truncate(s: &str) -> String {
 
 /// Sends the request at once (the caller has waited for its intended time) and measures it.
 pub async fn execute(client: &reqwest::Client, spec: RequestSpec) -> RequestRecord {
+    execute_observed(client, spec).await.0
+}
+
+/// As [`execute`], also returning what was observed on the stream (its exact text, for tests
+/// and for callers that want the generated output).
+pub async fn execute_observed(
+    client: &reqwest::Client,
+    spec: RequestSpec,
+) -> (RequestRecord, StreamObservation) {
     let actual = Instant::now();
     let mut rec = RequestRecord {
         id: spec.id,
@@ -206,7 +224,7 @@ pub async fn execute(client: &reqwest::Client, spec: RequestSpec) -> RequestReco
         rec.itl_ms = std::mem::take(&mut obs.itl_ms);
         rec.chunk_gaps_ms = std::mem::take(&mut obs.chunk_gaps_ms);
     }
-    rec
+    (rec, obs)
 }
 
 /// Sends and reads; `Err(())` means `rec` already holds the failure.
@@ -345,6 +363,10 @@ mod tests {
     fn errors_are_classified_by_status_and_type() {
         let budget = br#"{"error":{"message":"Budget has been exceeded","type":"budget_exceeded","param":null,"code":"400"}}"#;
         assert_eq!(classify_error(400, budget).0, Outcome::BudgetExceeded);
+        // The router can be configured to refuse budgets with 429: the type still decides.
+        assert_eq!(classify_error(429, budget).0, Outcome::BudgetExceeded);
+        let limited = br#"{"error":{"message":"Rate limit reached: rpm","type":"rate_limit_error","param":null,"code":"429"}}"#;
+        assert_eq!(classify_error(429, limited).0, Outcome::RateLimited);
         assert_eq!(classify_error(429, b"{}").0, Outcome::RateLimited);
         assert_eq!(classify_error(404, b"nope").0, Outcome::ClientError);
         assert_eq!(classify_error(503, b"").0, Outcome::ServerError);

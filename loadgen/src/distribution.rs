@@ -3,6 +3,8 @@
 //! Raw forms are what a scenario file says (`{ kind = "lognormal", mean = 400, sigma = 0.6 }`);
 //! `validate()` turns them into values that can be sampled without further checks.
 
+use std::path::Path;
+
 use rand::Rng;
 use rand_distr::{Distribution, Exp, Gamma, LogNormal};
 use serde::Deserialize;
@@ -18,42 +20,363 @@ pub enum RawArrival {
     /// Gamma-distributed gaps with mean 1/`rate_per_s`; `burstiness` is the shape (1 = Poisson,
     /// below 1 burstier, above 1 more regular), as `vllm bench serve --burstiness`.
     Gamma { rate_per_s: f64, burstiness: f64 },
+    /// Bursts: Poisson at `rate_per_s` for `on_s` seconds, then silence for `off_s` seconds,
+    /// repeated; the run starts with a burst unless `start_off` is true.
+    OnOff {
+        rate_per_s: f64,
+        on_s: f64,
+        off_s: f64,
+        #[serde(default)]
+        start_off: bool,
+    },
+    /// Poisson whose rate moves linearly from `from_per_s` to `to_per_s` over `ramp_s` seconds
+    /// (default: the whole run), then holds `to_per_s`.
+    Ramp {
+        from_per_s: f64,
+        to_per_s: f64,
+        #[serde(default)]
+        ramp_s: Option<f64>,
+    },
+    /// Poisson in stages: `stages = [{ duration_s = 10, rate_per_s = 1 }, ...]` one after the
+    /// other; after the last stage its rate holds. A rate of 0 is a silent stage.
+    Steps { stages: Vec<RawStage> },
+    /// Poisson with a daily-traffic shape: the rate follows a cosine between
+    /// `trough_rate_per_s` and `peak_rate_per_s`, one full cycle per `period_s` seconds
+    /// (default: the whole run), peaking at `peak_at_s` (default: mid-period).
+    Diurnal {
+        trough_rate_per_s: f64,
+        peak_rate_per_s: f64,
+        #[serde(default)]
+        period_s: Option<f64>,
+        #[serde(default)]
+        peak_at_s: Option<f64>,
+    },
+    /// Replays a CSV file (path relative to the scenario file) with a header line and the column
+    /// `timestamp_s` (seconds from the run's start), optionally `prompt_tokens` and
+    /// `output_tokens` per request, which then replace the tenant's length distributions.
+    /// `time_scale` stretches (> 1) or compresses (< 1) the trace; default 1.
+    Trace {
+        file: String,
+        #[serde(default)]
+        time_scale: Option<f64>,
+    },
+    /// Closed loop: `users` concurrent users, each sending its next request `think_time_s`
+    /// seconds after its previous one finished (whatever its outcome).
+    ClosedLoop { users: u32, think_time_s: f64 },
+}
+
+/// One stage of a `steps` arrival.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    /// How long the stage lasts, s.
+    pub duration_s: f64,
+    /// Poisson rate during the stage, requests per second (0 = silent).
+    pub rate_per_s: f64,
+}
+
+/// One request of a replayed trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TracePoint {
+    pub at_s: f64,
+    pub prompt_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
 }
 
 /// A validated arrival process.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Arrival {
-    Poisson { rate_per_s: f64 },
-    Constant { rate_per_s: f64 },
-    Gamma { rate_per_s: f64, burstiness: f64 },
+    Poisson {
+        rate_per_s: f64,
+    },
+    Constant {
+        rate_per_s: f64,
+    },
+    Gamma {
+        rate_per_s: f64,
+        burstiness: f64,
+    },
+    /// A Poisson process whose rate varies in time, sampled by thinning.
+    Varying(RateCurve),
+    Trace(Vec<TracePoint>),
+    ClosedLoop {
+        users: u32,
+        think_time_s: f64,
+    },
+}
+
+/// A rate as a function of time, for the time-varying Poisson arrivals.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateCurve {
+    OnOff {
+        rate_per_s: f64,
+        on_s: f64,
+        off_s: f64,
+        start_off: bool,
+    },
+    Ramp {
+        from_per_s: f64,
+        to_per_s: f64,
+        ramp_s: Option<f64>,
+    },
+    /// (end of stage s, rate).
+    Steps(Vec<(f64, f64)>),
+    Diurnal {
+        trough: f64,
+        peak: f64,
+        period_s: Option<f64>,
+        peak_at_s: Option<f64>,
+    },
+}
+
+impl RateCurve {
+    /// The rate at `t` seconds into a run of `horizon_s` seconds.
+    pub fn rate_at(&self, t: f64, horizon_s: f64) -> f64 {
+        match self {
+            RateCurve::OnOff {
+                rate_per_s,
+                on_s,
+                off_s,
+                start_off,
+            } => {
+                let shift = if *start_off { *on_s } else { 0.0 };
+                let pos = (t + shift) % (on_s + off_s);
+                if pos < *on_s { *rate_per_s } else { 0.0 }
+            }
+            RateCurve::Ramp {
+                from_per_s,
+                to_per_s,
+                ramp_s,
+            } => {
+                let span = ramp_s.unwrap_or(horizon_s).max(f64::MIN_POSITIVE);
+                let x = (t / span).clamp(0.0, 1.0);
+                from_per_s + (to_per_s - from_per_s) * x
+            }
+            RateCurve::Steps(stages) => stages
+                .iter()
+                .find(|(end, _)| t < *end)
+                .or(stages.last())
+                .map_or(0.0, |(_, r)| *r),
+            RateCurve::Diurnal {
+                trough,
+                peak,
+                period_s,
+                peak_at_s,
+            } => {
+                let period = period_s.unwrap_or(horizon_s).max(f64::MIN_POSITIVE);
+                let peak_at = peak_at_s.unwrap_or(period / 2.0);
+                let phase = 2.0 * std::f64::consts::PI * (t - peak_at) / period;
+                trough + (peak - trough) * (1.0 + phase.cos()) / 2.0
+            }
+        }
+    }
+
+    /// An upper bound of the rate, for thinning.
+    pub fn max_rate(&self) -> f64 {
+        match self {
+            RateCurve::OnOff { rate_per_s, .. } => *rate_per_s,
+            RateCurve::Ramp {
+                from_per_s,
+                to_per_s,
+                ..
+            } => from_per_s.max(*to_per_s),
+            RateCurve::Steps(stages) => stages.iter().map(|(_, r)| *r).fold(0.0, f64::max),
+            RateCurve::Diurnal { peak, trough, .. } => peak.max(*trough),
+        }
+    }
+}
+
+fn check_rate(name: &str, r: f64, zero_ok: bool) -> Result<f64, String> {
+    let low_ok = if zero_ok { r >= 0.0 } else { r > 0.0 };
+    if r.is_finite() && low_ok && r <= 100_000.0 {
+        Ok(r)
+    } else {
+        let low = if zero_ok { "[0" } else { "(0" };
+        Err(format!("{name} must be in {low}, 100000], got {r}"))
+    }
+}
+
+fn check_span(name: &str, v: f64) -> Result<f64, String> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{name} must be a positive number of seconds, got {v}"
+        ))
+    }
+}
+
+/// Reads a trace CSV: a header with `timestamp_s` and optionally `prompt_tokens` and
+/// `output_tokens`; rows in any order (they are sorted).
+pub fn read_trace(path: &Path, time_scale: f64) -> Result<Vec<TracePoint>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read trace '{}': {e}", path.display()))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let Some((_, header)) = lines.next() else {
+        return Err(format!("trace '{}' is empty", path.display()));
+    };
+    let cols: Vec<&str> = header.split(',').map(str::trim).collect();
+    let find = |name: &str| cols.iter().position(|c| *c == name);
+    let Some(ts) = find("timestamp_s") else {
+        return Err(format!(
+            "trace '{}': the header needs a `timestamp_s` column, got '{header}'",
+            path.display()
+        ));
+    };
+    let (pc, oc) = (find("prompt_tokens"), find("output_tokens"));
+    let mut out = Vec::new();
+    for (i, line) in lines {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        let at = |row: &str, v: Option<&&str>| {
+            format!(
+                "trace '{}' line {}: bad {row} '{}'",
+                path.display(),
+                i + 1,
+                v.copied().unwrap_or("")
+            )
+        };
+        let t: f64 = cells
+            .get(ts)
+            .and_then(|v| v.parse().ok())
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| at("timestamp_s", cells.get(ts)))?;
+        let len = |c: Option<usize>, name: &str| -> Result<Option<u64>, String> {
+            match c.map(|c| cells.get(c)) {
+                None => Ok(None),
+                Some(Some(&"")) => Ok(None),
+                Some(v) => v
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|n| *n > 0 && *n <= MAX_LEN)
+                    .map(Some)
+                    .ok_or_else(|| at(name, v)),
+            }
+        };
+        out.push(TracePoint {
+            at_s: t * time_scale,
+            prompt_tokens: len(pc, "prompt_tokens")?,
+            output_tokens: len(oc, "output_tokens")?,
+        });
+    }
+    if out.is_empty() {
+        return Err(format!("trace '{}' has no rows", path.display()));
+    }
+    out.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    Ok(out)
 }
 
 impl RawArrival {
-    pub fn validate(&self) -> Result<Arrival, String> {
-        let rate = |r: f64| {
-            if r.is_finite() && r > 0.0 && r <= 100_000.0 {
-                Ok(r)
-            } else {
-                Err(format!("rate_per_s must be in (0, 100000], got {r}"))
-            }
-        };
-        Ok(match *self {
+    /// Validates; `base` is the directory relative paths (trace files) are read from.
+    pub fn validate(&self, base: &Path) -> Result<Arrival, String> {
+        let rate = |r: f64| check_rate("rate_per_s", r, false);
+        Ok(match self {
             RawArrival::Poisson { rate_per_s } => Arrival::Poisson {
-                rate_per_s: rate(rate_per_s)?,
+                rate_per_s: rate(*rate_per_s)?,
             },
             RawArrival::Constant { rate_per_s } => Arrival::Constant {
-                rate_per_s: rate(rate_per_s)?,
+                rate_per_s: rate(*rate_per_s)?,
             },
             RawArrival::Gamma {
                 rate_per_s,
                 burstiness,
             } => {
-                if !(burstiness.is_finite() && burstiness > 0.0) {
+                if !(burstiness.is_finite() && *burstiness > 0.0) {
                     return Err(format!("burstiness must be positive, got {burstiness}"));
                 }
                 Arrival::Gamma {
-                    rate_per_s: rate(rate_per_s)?,
-                    burstiness,
+                    rate_per_s: rate(*rate_per_s)?,
+                    burstiness: *burstiness,
+                }
+            }
+            RawArrival::OnOff {
+                rate_per_s,
+                on_s,
+                off_s,
+                start_off,
+            } => Arrival::Varying(RateCurve::OnOff {
+                rate_per_s: rate(*rate_per_s)?,
+                on_s: check_span("on_s", *on_s)?,
+                off_s: check_span("off_s", *off_s)?,
+                start_off: *start_off,
+            }),
+            RawArrival::Ramp {
+                from_per_s,
+                to_per_s,
+                ramp_s,
+            } => {
+                let from = check_rate("from_per_s", *from_per_s, true)?;
+                let to = check_rate("to_per_s", *to_per_s, true)?;
+                if from == 0.0 && to == 0.0 {
+                    return Err("from_per_s and to_per_s cannot both be 0".into());
+                }
+                Arrival::Varying(RateCurve::Ramp {
+                    from_per_s: from,
+                    to_per_s: to,
+                    ramp_s: ramp_s.map(|r| check_span("ramp_s", r)).transpose()?,
+                })
+            }
+            RawArrival::Steps { stages } => {
+                if stages.is_empty() {
+                    return Err("steps needs at least one stage".into());
+                }
+                let mut end = 0.0;
+                let mut out = Vec::new();
+                for (i, st) in stages.iter().enumerate() {
+                    end += check_span(&format!("stages[{i}].duration_s"), st.duration_s)?;
+                    let r = check_rate(&format!("stages[{i}].rate_per_s"), st.rate_per_s, true)?;
+                    out.push((end, r));
+                }
+                if out.iter().all(|(_, r)| *r == 0.0) {
+                    return Err("every stage has rate 0: the tenant would send nothing".into());
+                }
+                Arrival::Varying(RateCurve::Steps(out))
+            }
+            RawArrival::Diurnal {
+                trough_rate_per_s,
+                peak_rate_per_s,
+                period_s,
+                peak_at_s,
+            } => {
+                let trough = check_rate("trough_rate_per_s", *trough_rate_per_s, true)?;
+                let peak = check_rate("peak_rate_per_s", *peak_rate_per_s, false)?;
+                if trough > peak {
+                    return Err(format!(
+                        "trough_rate_per_s ({trough}) must not exceed peak_rate_per_s ({peak})"
+                    ));
+                }
+                if let Some(p) = peak_at_s
+                    && !(p.is_finite() && *p >= 0.0)
+                {
+                    return Err(format!("peak_at_s must be zero or more, got {p}"));
+                }
+                Arrival::Varying(RateCurve::Diurnal {
+                    trough,
+                    peak,
+                    period_s: period_s.map(|p| check_span("period_s", p)).transpose()?,
+                    peak_at_s: *peak_at_s,
+                })
+            }
+            RawArrival::Trace { file, time_scale } => {
+                let scale = check_span("time_scale", time_scale.unwrap_or(1.0))?;
+                Arrival::Trace(read_trace(&base.join(file), scale)?)
+            }
+            RawArrival::ClosedLoop {
+                users,
+                think_time_s,
+            } => {
+                if *users == 0 || *users > 10_000 {
+                    return Err(format!("users must be 1 to 10000, got {users}"));
+                }
+                if !(think_time_s.is_finite() && *think_time_s >= 0.0) {
+                    return Err(format!(
+                        "think_time_s must be zero or more, got {think_time_s}"
+                    ));
+                }
+                Arrival::ClosedLoop {
+                    users: *users,
+                    think_time_s: *think_time_s,
                 }
             }
         })
@@ -61,17 +384,82 @@ impl RawArrival {
 }
 
 impl Arrival {
-    /// Mean requests per second.
-    pub fn rate_per_s(&self) -> f64 {
-        match *self {
+    /// Mean offered requests per second over a run of `horizon_s` seconds. For a closed loop
+    /// the rate depends on latency; its upper bound users ÷ think time is given (or `None`
+    /// with no think time).
+    pub fn mean_rate_per_s(&self, horizon_s: f64) -> Option<f64> {
+        match self {
             Arrival::Poisson { rate_per_s }
             | Arrival::Constant { rate_per_s }
-            | Arrival::Gamma { rate_per_s, .. } => rate_per_s,
+            | Arrival::Gamma { rate_per_s, .. } => Some(*rate_per_s),
+            Arrival::Varying(curve) => {
+                let n = 1000;
+                let sum: f64 = (0..n)
+                    .map(|i| curve.rate_at((i as f64 + 0.5) * horizon_s / n as f64, horizon_s))
+                    .sum();
+                Some(sum / n as f64)
+            }
+            Arrival::Trace(points) => (horizon_s > 0.0)
+                .then(|| points.iter().filter(|p| p.at_s < horizon_s).count() as f64 / horizon_s),
+            Arrival::ClosedLoop {
+                users,
+                think_time_s,
+            } => (*think_time_s > 0.0).then(|| f64::from(*users) / think_time_s),
         }
     }
 
-    /// Send times in seconds from the start, up to (not including) `horizon_s`.
+    /// True for the closed loop, whose send times depend on responses.
+    pub fn is_closed_loop(&self) -> bool {
+        matches!(self, Arrival::ClosedLoop { .. })
+    }
+
+    /// Send times in seconds from the start, up to (not including) `horizon_s`. Empty for a
+    /// closed loop (its times are decided during the run).
     pub fn times<R: Rng + ?Sized>(&self, horizon_s: f64, rng: &mut R) -> Vec<f64> {
+        self.points(horizon_s, rng)
+            .into_iter()
+            .map(|p| p.at_s)
+            .collect()
+    }
+
+    /// Send times with any lengths a trace fixes.
+    pub fn points<R: Rng + ?Sized>(&self, horizon_s: f64, rng: &mut R) -> Vec<TracePoint> {
+        let at = |at_s| TracePoint {
+            at_s,
+            prompt_tokens: None,
+            output_tokens: None,
+        };
+        match self {
+            Arrival::Trace(points) => {
+                return points
+                    .iter()
+                    .filter(|p| p.at_s < horizon_s)
+                    .copied()
+                    .collect();
+            }
+            Arrival::ClosedLoop { .. } => return Vec::new(),
+            Arrival::Varying(curve) => {
+                // Thinning (Lewis and Shedler): candidates at the peak rate, each kept with
+                // probability rate(t) / peak, give a Poisson process with rate rate(t).
+                let peak = curve.max_rate();
+                let Ok(exp) = Exp::new(peak) else {
+                    return Vec::new();
+                };
+                let mut out = Vec::new();
+                let mut t = 0.0;
+                loop {
+                    t += exp.sample(rng);
+                    if t >= horizon_s {
+                        return out;
+                    }
+                    let keep: f64 = rng.random();
+                    if keep * peak < curve.rate_at(t, horizon_s) {
+                        out.push(at(t));
+                    }
+                }
+            }
+            _ => {}
+        }
         let mut out = Vec::new();
         let mut t = 0.0;
         loop {
@@ -91,12 +479,13 @@ impl Arrival {
                         Err(_) => return out,
                     }
                 }
+                _ => return out,
             };
             t += gap;
             if t >= horizon_s {
                 return out;
             }
-            out.push(t);
+            out.push(at(t));
         }
     }
 }
@@ -243,6 +632,77 @@ mod tests {
         assert_eq!(c, vec![0.25, 0.5, 0.75]);
     }
 
+    fn count_in(times: &[f64], lo: f64, hi: f64) -> usize {
+        times.iter().filter(|t| **t >= lo && **t < hi).count()
+    }
+
+    #[test]
+    fn time_varying_arrivals_follow_their_rate_curves() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let dir = Path::new(".");
+        let parse = |text: &str| -> Arrival {
+            let raw: RawArrival = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+            raw.validate(dir).unwrap_or_else(|e| panic!("{e}"))
+        };
+        // On/off: 10 s bursts at 20/s, 10 s silent.
+        let t =
+            parse("kind = 'on_off'\nrate_per_s = 20\non_s = 10\noff_s = 10").times(40.0, &mut rng);
+        assert_eq!(count_in(&t, 10.0, 20.0) + count_in(&t, 30.0, 40.0), 0);
+        let on = count_in(&t, 0.0, 10.0) as f64;
+        assert!((on - 200.0).abs() < 50.0, "{on}");
+        // Steps: silent, then 50/s.
+        let t = parse("kind = 'steps'\nstages = [{ duration_s = 5, rate_per_s = 0 }, { duration_s = 5, rate_per_s = 50 }]")
+            .times(10.0, &mut rng);
+        assert_eq!(count_in(&t, 0.0, 5.0), 0);
+        assert!((count_in(&t, 5.0, 10.0) as f64 - 250.0).abs() < 60.0);
+        // Ramp 0 → 40/s over 100 s: the last quarter gets about 7× the first quarter.
+        let t = parse("kind = 'ramp'\nfrom_per_s = 0\nto_per_s = 40").times(100.0, &mut rng);
+        let (first, last) = (
+            count_in(&t, 0.0, 25.0) as f64,
+            count_in(&t, 75.0, 100.0) as f64,
+        );
+        assert!(last / first > 5.0 && last / first < 9.5, "{first} {last}");
+        // Diurnal: trough at the ends, peak mid-run.
+        let a = parse("kind = 'diurnal'\ntrough_rate_per_s = 1\npeak_rate_per_s = 30");
+        let t = a.times(100.0, &mut rng);
+        assert!(count_in(&t, 45.0, 55.0) > 4 * count_in(&t, 0.0, 10.0));
+        let mean = a.mean_rate_per_s(100.0).unwrap_or(0.0);
+        assert!((mean - 15.5).abs() < 0.1, "{mean}");
+        // The closed loop has no precomputed times.
+        assert!(
+            parse("kind = 'closed_loop'\nusers = 4\nthink_time_s = 1")
+                .times(10.0, &mut rng)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn traces_replay_their_timestamps_and_lengths() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("t.csv");
+        std::fs::write(
+            &path,
+            "timestamp_s,prompt_tokens,output_tokens\n2.5,100,7\n0.5,,9\n30,5,5\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let raw = RawArrival::Trace {
+            file: "t.csv".into(),
+            time_scale: Some(2.0),
+        };
+        let a = raw.validate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(1);
+        let pts = a.points(10.0, &mut rng);
+        assert_eq!(pts.len(), 2, "the 60 s row is past the horizon");
+        assert_eq!(
+            (pts[0].at_s, pts[0].prompt_tokens, pts[0].output_tokens),
+            (1.0, None, Some(9))
+        );
+        assert_eq!((pts[1].at_s, pts[1].prompt_tokens), (5.0, Some(100)));
+        std::fs::write(&path, "when\n1\n").unwrap_or_else(|e| panic!("{e}"));
+        let err = raw.validate(dir.path()).err().unwrap_or_default();
+        assert!(err.contains("timestamp_s"), "{err}");
+    }
+
     #[test]
     fn lognormal_mean_matches_and_clamps() {
         let d = RawLength::Lognormal {
@@ -262,13 +722,17 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_rejected() {
-        assert!(RawArrival::Poisson { rate_per_s: 0.0 }.validate().is_err());
+        assert!(
+            RawArrival::Poisson { rate_per_s: 0.0 }
+                .validate(Path::new("."))
+                .is_err()
+        );
         assert!(
             RawArrival::Gamma {
                 rate_per_s: 1.0,
                 burstiness: 0.0
             }
-            .validate()
+            .validate(Path::new("."))
             .is_err()
         );
         assert!(RawLength::Uniform { min: 5, max: 4 }.validate().is_err());

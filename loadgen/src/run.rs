@@ -6,6 +6,8 @@
 //! Nothing is shared per request but that channel, so the harness adds no lock contention to
 //! what it measures.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,6 +43,10 @@ pub struct RunOptions {
     pub target: Option<String>,
     /// Progress bar to drive (the binary decides whether it is visible).
     pub progress: Option<ProgressBar>,
+    /// Run only shard `(i, n)` of the tenants (see [`Scenario::shard`]).
+    pub shard: Option<(u32, u32)>,
+    /// A previous summary and the allowed regression (0.1 = 10 %): comparisons become gates.
+    pub baseline: Option<(reports::Summary, f64)>,
 }
 
 /// What a finished run produced.
@@ -84,15 +90,20 @@ pub struct Driven {
     pub t0_wall: SystemTime,
 }
 
-/// Drives the scenario's schedule against `target` and returns one record per planned request.
+/// Drives the scenario's schedule against `target` and returns one record per request sent.
 /// `t0` is placed a little in the future so the first sends are not late.
+///
+/// This is the one dispatch engine for every arrival mode: it always sends the earliest pending
+/// request, taken either from the open-loop plan or from the closed-loop users whose previous
+/// request has finished (they report back over `done`). Open-loop bodies are built before the
+/// wait, so building them never makes a send late.
 pub async fn drive(
     s: &Scenario,
     target: &Target,
     progress: Option<&ProgressBar>,
     shutdown: &CancellationToken,
 ) -> Result<Driven, RunError> {
-    let plan = schedule::build(s);
+    let schedule::Plan { open, mut users } = schedule::build_plan(s);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .tcp_nodelay(true)
@@ -107,14 +118,14 @@ pub async fn drive(
         .collect();
     wire::tokens::warm_up();
     if let Some(pb) = progress {
-        pb.set_length(plan.len() as u64);
+        pb.set_length(open.len() as u64);
         pb.set_position(0);
     }
 
     let (tx, mut rx) = mpsc::channel::<RequestRecord>(1024);
     let collector = {
         let progress = progress.cloned();
-        let expected = plan.len();
+        let expected = open.len();
         tokio::spawn(async move {
             let mut records = Vec::with_capacity(expected);
             let (mut ok, mut limited, mut failed) = (0u64, 0u64, 0u64);
@@ -139,21 +150,106 @@ pub async fn drive(
     let t0 = Instant::now() + lead;
     let t0_wall = SystemTime::now() + lead;
     let timeout = Duration::from_secs_f64(s.request_timeout_s);
+    let at = |at_s: f64| t0 + Duration::from_secs_f64(at_s.max(0.0));
+
+    // Closed-loop users waiting for their next send, earliest first: (time, user index).
+    let mut waiting: BinaryHeap<Reverse<(Instant, usize)>> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| Reverse((at(u.first_at_s), i)))
+        .collect();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut in_flight_users = 0usize;
+    let mut next_id = open.len() as u64;
+    let horizon = at(s.duration_s);
+    let mut open = open.into_iter().peekable();
+    // The open-loop head, prepared before its wait.
+    let mut ready: Option<RequestSpec> = None;
     let mut interrupted = false;
-    for p in plan {
-        let intended = t0 + Duration::from_secs_f64(p.at_s);
-        // The body is built before the wait, so building it never makes a send late.
-        let spec = request_spec(s, target, &url, &systems, &p, t0, intended, timeout);
-        tokio::select! {
-            _ = wire::pacer::wait_until(intended) => {}
-            _ = shutdown.cancelled() => { interrupted = true; break; }
+
+    loop {
+        if ready.is_none()
+            && let Some(p) = open.peek()
+        {
+            ready = Some(request_spec(
+                s,
+                target,
+                &url,
+                &systems,
+                p,
+                t0,
+                at(p.at_s),
+                timeout,
+            ));
         }
+        let open_at = ready.as_ref().map(|r| r.intended);
+        let user_at = waiting.peek().map(|Reverse((t, _))| *t);
+        let (intended, from_user) = match (open_at, user_at) {
+            (Some(o), Some(u)) if u < o => (u, true),
+            (Some(o), _) => (o, false),
+            (None, Some(u)) => (u, true),
+            (None, None) if in_flight_users == 0 => break,
+            (None, None) => {
+                tokio::select! {
+                    d = done_rx.recv() => {
+                        if let Some((u, end)) = d {
+                            in_flight_users -= 1;
+                            requeue(&mut waiting, &users, u, end, horizon);
+                        }
+                    }
+                    _ = shutdown.cancelled() => { interrupted = true; break; }
+                }
+                continue;
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => { interrupted = true; break; }
+            d = done_rx.recv() => {
+                // A user finished while we waited: its next send may come first.
+                if let Some((u, end)) = d {
+                    in_flight_users -= 1;
+                    requeue(&mut waiting, &users, u, end, horizon);
+                }
+                continue;
+            }
+            _ = wire::pacer::wait_until(intended) => {}
+        }
+        let (spec, user) = if from_user {
+            let Some(Reverse((_, u))) = waiting.pop() else {
+                continue;
+            };
+            let p = users[u].next(
+                s,
+                intended.saturating_duration_since(t0).as_secs_f64(),
+                next_id,
+            );
+            next_id += 1;
+            in_flight_users += 1;
+            if let Some(pb) = progress {
+                pb.inc_length(1);
+            }
+            let spec = request_spec(s, target, &url, &systems, &p, t0, intended, timeout);
+            (spec, Some(u))
+        } else {
+            open.next();
+            match ready.take() {
+                Some(spec) => (spec, None),
+                None => continue,
+            }
+        };
         let client = client.clone();
         let tx = tx.clone();
+        let done = done_tx.clone();
         let cancel = shutdown.clone();
         tracker.spawn(async move {
             tokio::select! {
-                rec = execute(&client, spec) => { let _ = tx.send(rec).await; }
+                rec = execute(&client, spec) => {
+                    let _ = tx.send(rec).await;
+                    if let Some(u) = user {
+                        let _ = done.send((u, Instant::now()));
+                    }
+                }
                 _ = cancel.cancelled() => {}
             }
         });
@@ -168,6 +264,21 @@ pub async fn drive(
         return Err(RunError::Interrupted);
     }
     Ok(Driven { records, t0_wall })
+}
+
+/// Puts a closed-loop user back in line after its think time, unless that is past the run.
+fn requeue(
+    waiting: &mut BinaryHeap<Reverse<(Instant, usize)>>,
+    users: &[schedule::ClosedUser],
+    u: usize,
+    finished: Instant,
+    horizon: Instant,
+) {
+    let Some(user) = users.get(u) else { return };
+    let next = finished + Duration::from_secs_f64(user.think_time_s);
+    if next < horizon {
+        waiting.push(Reverse((next, u)));
+    }
 }
 
 #[expect(
@@ -211,6 +322,30 @@ fn request_spec(
     }
 }
 
+/// Each tenant's key for an external target: the variable its `api_key_env` names (which must
+/// be set), else `TENANTBENCH_KEY_<TENANT_ID>`, else `TENANTBENCH_API_KEY`, else none.
+pub fn external_keys(
+    s: &Scenario,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<Option<String>>, RunError> {
+    let shared = env("TENANTBENCH_API_KEY");
+    s.tenants
+        .iter()
+        .map(|t| {
+            if let Some(var) = &t.api_key_env {
+                return env(var).map(Some).ok_or_else(|| {
+                    RunError::Target(format!(
+                        "tenant {}: api_key_env names ${var}, which is not set",
+                        t.id
+                    ))
+                });
+            }
+            let var = format!("TENANTBENCH_KEY_{}", t.id.to_uppercase().replace('-', "_"));
+            Ok(env(&var).or_else(|| shared.clone()))
+        })
+        .collect()
+}
+
 /// The `RunData` reports need, from a scenario and its records.
 pub fn run_data(
     s: &Scenario,
@@ -234,6 +369,7 @@ pub fn run_data(
                 .collect::<Vec<_>>()
                 .join("+"),
             lora: t.models.first().and_then(|(m, _)| t.adapter_for(m)),
+            slo: t.slo.clone(),
         })
         .collect();
     let mut notes = Vec::new();
@@ -259,6 +395,9 @@ pub fn run_data(
         gates: s.gates.clone(),
         engines,
         notes,
+        slo: s.slo.clone(),
+        group_slos: s.group_slos.clone(),
+        isolation: s.isolation.clone(),
     }
 }
 
@@ -269,6 +408,15 @@ pub async fn run(
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunOutcome, RunError> {
+    let mut sharded;
+    let s = match opts.shard {
+        Some((i, n)) => {
+            sharded = s.clone();
+            sharded.shard(i, n).map_err(RunError::Target)?;
+            &sharded
+        }
+        None => s,
+    };
     let started = SystemTime::now();
     let dir = opts
         .out_dir
@@ -291,15 +439,7 @@ pub async fn run(
                     "'{url}': only http and https URLs are supported"
                 )));
             }
-            let key = std::env::var("TENANTBENCH_API_KEY").ok();
-            let keys = s
-                .tenants
-                .iter()
-                .map(|t| {
-                    let var = format!("TENANTBENCH_KEY_{}", t.id.to_uppercase().replace('-', "_"));
-                    std::env::var(var).ok().or_else(|| key.clone())
-                })
-                .collect();
+            let keys = external_keys(s, |var| std::env::var(var).ok())?;
             (
                 Target {
                     base_url: url.trim_end_matches('/').to_string(),
@@ -345,10 +485,22 @@ pub async fn run(
     if let Some(pb) = &opts.progress {
         pb.finish_and_clear();
     }
-    let data = run_data(s, driven.records, driven.t0_wall, &label, engines);
+    let mut data = run_data(s, driven.records, driven.t0_wall, &label, engines);
+    if let Some((i, n)) = opts.shard {
+        data.notes.push(format!(
+            "shard {i}/{n}: {} of the scenario's tenants; merge shards with `tenantbench report merge`",
+            s.tenants.len()
+        ));
+    }
     let out = dir.clone();
+    let baseline = opts.baseline.clone();
     let summary = tokio::task::spawn_blocking(move || {
-        let summary = reports::summarize(&data);
+        let mut summary = reports::summarize(&data);
+        if let Some((before, max)) = &baseline {
+            summary
+                .gates
+                .extend(reports::baseline::compare(&summary, before, *max));
+        }
         reports::write_results(&out, &data, &summary).map(|()| summary)
     })
     .await

@@ -61,6 +61,85 @@ pub struct RawScenario {
     pub gates: Vec<RawGate>,
     /// The monthly cost model for cost per tenant and the break-even tenant count.
     pub cost: RawCost,
+    /// Scenario-wide SLO: a verdict on the overall statistics, and the per-request thresholds
+    /// for goodput of every tenant without a group or tenant SLO of its own.
+    #[serde(default)]
+    pub slo: Option<RawSlo>,
+    /// Consecutive named phases from the run's start (warm-up included), e.g. a `baseline`
+    /// then a `flood`; `isolation` compares two of them.
+    #[serde(default)]
+    pub phases: Vec<RawPhase>,
+    /// Noisy-neighbour check between two phases.
+    #[serde(default)]
+    pub isolation: Option<RawIsolation>,
+}
+
+/// SLO thresholds; every field optional. A request meets the SLO when it succeeded and its TTFT,
+/// TPOT and E2E are within the thresholds and the `percentile`-th of its token gaps is within
+/// `itl_ms`. A scope (tenant, group, whole run) passes when its `percentile`-th TTFT, TPOT, ITL
+/// and E2E and its error rate are within them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    /// 50, 90 or 99. Default 99.
+    #[serde(default)]
+    pub percentile: Option<u8>,
+    /// Time to first token, ms.
+    #[serde(default)]
+    pub ttft_ms: Option<f64>,
+    /// Time per output token, ms.
+    #[serde(default)]
+    pub tpot_ms: Option<f64>,
+    /// Inter-token latency, ms.
+    #[serde(default)]
+    pub itl_ms: Option<f64>,
+    /// End-to-end latency, ms.
+    #[serde(default)]
+    pub e2e_ms: Option<f64>,
+    /// Failed ÷ all requests (scope verdicts only).
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+}
+
+/// A named phase of the run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPhase {
+    /// Name `isolation` refers to.
+    pub name: String,
+    /// Length in seconds; phases follow one another from t = 0.
+    pub duration_s: f64,
+}
+
+/// Compares victims' latency between two phases and checks aggressors against their limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIsolation {
+    /// The phase measured without the aggressor. Default: the first phase.
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// The phase with the aggressor flooding. Default: the second phase.
+    #[serde(default)]
+    pub test: Option<String>,
+    /// Aggressor tenant ids.
+    #[serde(default)]
+    pub aggressors: Vec<String>,
+    /// A group whose tenants are all aggressors.
+    #[serde(default)]
+    pub aggressor_group: Option<String>,
+    /// Latency compared: `ttft_ms` (default), `tpot_ms`, `itl_ms` or `e2e_ms`.
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// Percentile compared: 50, 90 or 99 (default).
+    #[serde(default)]
+    pub percentile: Option<u8>,
+    /// A victim passes while test ÷ baseline is at most this. Default 1.5.
+    #[serde(default)]
+    pub max_ratio: Option<f64>,
+    /// Fraction by which accepted traffic may exceed a limit before it counts as broken.
+    /// Default 0.1.
+    #[serde(default)]
+    pub limit_tolerance: Option<f64>,
 }
 
 fn default_timeout() -> f64 {
@@ -194,6 +273,14 @@ pub struct RawTenantTemplate {
     /// Router budget in the price units of `models`. Absent = unlimited.
     #[serde(default)]
     pub max_budget: Option<f64>,
+    /// SLO for the group (verdict on its merged statistics) and goodput thresholds for its
+    /// tenants; in an override, the tenant's own.
+    #[serde(default)]
+    pub slo: Option<RawSlo>,
+    /// With `--target`: the environment variable holding this tenant's API key (for a group,
+    /// every tenant shares it unless overridden).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
 }
 
 /// One virtual model, or a weighted mix of them.
@@ -287,6 +374,14 @@ pub struct Scenario {
     pub cost: reports::CostModel,
     /// Number of physical GPUs the engines occupy (for the server cost).
     pub gpu_count: u32,
+    /// Scenario-wide SLO.
+    pub slo: Option<reports::SloSpec>,
+    /// Group SLOs by group name.
+    pub group_slos: Vec<(String, reports::SloSpec)>,
+    /// Named phases, seconds from t0.
+    pub phases: Vec<reports::isolation::Phase>,
+    /// The isolation check, with aggressors' limits resolved.
+    pub isolation: Option<reports::IsolationSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +417,34 @@ pub struct Tenant {
     pub tpm_limit: Option<u64>,
     pub max_parallel_requests: Option<u64>,
     pub max_budget: Option<f64>,
+    /// Its SLO (own, else group's, else the scenario's).
+    pub slo: Option<reports::SloSpec>,
+    /// Environment variable holding its key for external targets.
+    pub api_key_env: Option<String>,
+}
+
+impl Scenario {
+    /// Keeps shard `index` of `count` (0-based): every `count`-th tenant in scenario order,
+    /// starting at `index`. Deterministic, so n machines given 0/n … (n−1)/n split the tenants
+    /// between them exactly; each tenant's traffic is what it would be unsharded (its RNG is
+    /// seeded from its id). Isolation aggressors not in the shard are dropped from the check.
+    pub fn shard(&mut self, index: u32, count: u32) -> Result<(), String> {
+        if count == 0 || index >= count {
+            return Err(format!("shard {index}/{count}: need 0 <= i < n"));
+        }
+        let mut i = 0u32;
+        self.tenants.retain(|_| {
+            let keep = i % count == index;
+            i += 1;
+            keep
+        });
+        if self.tenants.is_empty() {
+            return Err(format!(
+                "shard {index}/{count} has no tenants (the scenario has fewer than {count})"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Tenant {
@@ -352,6 +475,8 @@ pub fn parse(text: &str, file: &str) -> Result<Scenario, ScenarioError> {
 
 struct Ctx<'a> {
     file: &'a str,
+    /// Directory of the scenario file: relative paths inside it (trace files) start here.
+    base: &'a Path,
 }
 
 impl Ctx<'_> {
@@ -382,7 +507,8 @@ impl Ctx<'_> {
 
 impl RawScenario {
     pub fn validate(self, file: &str) -> Result<Scenario, ScenarioError> {
-        let cx = Ctx { file };
+        let base = Path::new(file).parent().unwrap_or(Path::new("."));
+        let cx = Ctx { file, base };
         if self.version != 1 {
             return Err(cx.err(
                 "version",
@@ -443,6 +569,32 @@ impl RawScenario {
                 "a month has at most 744 hours",
             ));
         }
+        let slo = self
+            .slo
+            .as_ref()
+            .map(|raw| validate_slo(&cx, "slo", raw))
+            .transpose()?;
+        let mut group_slos = Vec::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            if let Some(raw) = &g.template.slo {
+                group_slos.push((
+                    g.name.clone(),
+                    validate_slo(&cx, &format!("groups[{gi}].slo"), raw)?,
+                ));
+            }
+        }
+        let mut tenants = tenants;
+        for t in &mut tenants {
+            if t.slo.is_none() {
+                t.slo = slo.clone();
+            }
+        }
+        let phases = validate_phases(&cx, &self.phases, duration_s)?;
+        let isolation = self
+            .isolation
+            .as_ref()
+            .map(|raw| validate_isolation(&cx, raw, &phases, &tenants))
+            .transpose()?;
         let gpu_count = engines
             .iter()
             .map(|e| e.gpu_index)
@@ -464,6 +616,10 @@ impl RawScenario {
             gates,
             cost,
             gpu_count,
+            slo,
+            group_slos,
+            phases,
+            isolation,
         })
     }
 }
@@ -630,6 +786,11 @@ fn merge(base: &RawTenantTemplate, over: &RawTenantTemplate) -> RawTenantTemplat
         tpm_limit: over.tpm_limit.or(base.tpm_limit),
         max_parallel_requests: over.max_parallel_requests.or(base.max_parallel_requests),
         max_budget: over.max_budget.or(base.max_budget),
+        slo: over.slo.clone().or_else(|| base.slo.clone()),
+        api_key_env: over
+            .api_key_env
+            .clone()
+            .or_else(|| base.api_key_env.clone()),
     }
 }
 
@@ -736,7 +897,8 @@ fn resolve_tenant(
         Some(ModelChoice::Mix(mix)) => {
             let total: f64 = mix.values().sum();
             if mix.is_empty()
-                || !(total > 0.0)
+                || !total.is_finite()
+                || total <= 0.0
                 || mix.values().any(|w| !(w.is_finite() && *w >= 0.0))
             {
                 return Err(cx.err(
@@ -761,7 +923,7 @@ fn resolve_tenant(
                 "is required, e.g. { kind = \"poisson\", rate_per_s = 0.2 }",
             )
         })?
-        .validate()
+        .validate(cx.base)
         .map_err(|m| cx.err(f("arrival"), m))?;
     let prompt_tokens = t
         .prompt_tokens
@@ -827,6 +989,142 @@ fn resolve_tenant(
         tpm_limit: t.tpm_limit,
         max_parallel_requests: t.max_parallel_requests,
         max_budget: t.max_budget,
+        slo: t
+            .slo
+            .as_ref()
+            .map(|raw| validate_slo(cx, &f("slo"), raw))
+            .transpose()?,
+        api_key_env: t.api_key_env.clone(),
+    })
+}
+
+fn validate_slo(cx: &Ctx, field: &str, raw: &RawSlo) -> Result<reports::SloSpec, ScenarioError> {
+    let spec = reports::SloSpec {
+        percentile: raw.percentile.unwrap_or(99),
+        ttft_ms: raw.ttft_ms,
+        tpot_ms: raw.tpot_ms,
+        itl_ms: raw.itl_ms,
+        e2e_ms: raw.e2e_ms,
+        max_error_rate: raw.max_error_rate,
+    };
+    spec.validate().map_err(|m| cx.err(field, m))?;
+    Ok(spec)
+}
+
+fn validate_phases(
+    cx: &Ctx,
+    raw: &[RawPhase],
+    duration_s: f64,
+) -> Result<Vec<reports::isolation::Phase>, ScenarioError> {
+    let mut start = 0.0;
+    let mut out: Vec<reports::isolation::Phase> = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let len = cx.positive(&format!("phases[{i}].duration_s"), p.duration_s)?;
+        if p.name.is_empty() || out.iter().any(|q| q.name == p.name) {
+            return Err(cx.err(format!("phases[{i}].name"), "must be non-empty and unique"));
+        }
+        out.push(reports::isolation::Phase {
+            name: p.name.clone(),
+            start_s: start,
+            end_s: start + len,
+        });
+        start += len;
+    }
+    if start > duration_s + 1e-9 {
+        return Err(cx.err(
+            "phases",
+            format!("the phases last {start} s, longer than duration_s ({duration_s} s)"),
+        ));
+    }
+    Ok(out)
+}
+
+fn validate_isolation(
+    cx: &Ctx,
+    raw: &RawIsolation,
+    phases: &[reports::isolation::Phase],
+    tenants: &[Tenant],
+) -> Result<reports::IsolationSpec, ScenarioError> {
+    let phase = |field: &str, name: &Option<String>, default: usize| {
+        let found = match name {
+            Some(n) => phases.iter().find(|p| &p.name == n),
+            None => phases.get(default),
+        };
+        found.cloned().ok_or_else(|| {
+            let known: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
+            cx.err(
+                format!("isolation.{field}"),
+                format!(
+                    "no such phase (declare [[phases]]; phases: {})",
+                    known.join(", ")
+                ),
+            )
+        })
+    };
+    let baseline = phase("baseline", &raw.baseline, 0)?;
+    let test = phase("test", &raw.test, 1)?;
+    if baseline == test {
+        return Err(cx.err("isolation.test", "must differ from the baseline phase"));
+    }
+    let mut ids: Vec<String> = raw.aggressors.clone();
+    for (i, id) in raw.aggressors.iter().enumerate() {
+        if !tenants.iter().any(|t| &t.id == id) {
+            return Err(cx.err(
+                format!("isolation.aggressors[{i}]"),
+                format!("no tenant '{id}'"),
+            ));
+        }
+    }
+    if let Some(g) = &raw.aggressor_group {
+        let members: Vec<String> = tenants
+            .iter()
+            .filter(|t| &t.group == g)
+            .map(|t| t.id.clone())
+            .collect();
+        if members.is_empty() {
+            return Err(cx.err("isolation.aggressor_group", format!("no group '{g}'")));
+        }
+        ids.extend(members);
+    }
+    if ids.is_empty() {
+        return Err(cx.err(
+            "isolation",
+            "name the aggressor: aggressors = [\"tenant-id\"] or aggressor_group = \"name\"",
+        ));
+    }
+    let metric = raw.metric.clone().unwrap_or_else(|| "ttft_ms".into());
+    if !matches!(metric.as_str(), "ttft_ms" | "tpot_ms" | "itl_ms" | "e2e_ms") {
+        return Err(cx.err(
+            "isolation.metric",
+            format!("must be ttft_ms, tpot_ms, itl_ms or e2e_ms, got '{metric}'"),
+        ));
+    }
+    let percentile = raw.percentile.unwrap_or(99);
+    if !matches!(percentile, 50 | 90 | 99) {
+        return Err(cx.err("isolation.percentile", "must be 50, 90 or 99"));
+    }
+    let max_ratio = cx.positive("isolation.max_ratio", raw.max_ratio.unwrap_or(1.5))?;
+    let limit_tolerance = cx.non_negative(
+        "isolation.limit_tolerance",
+        raw.limit_tolerance.unwrap_or(0.1),
+    )?;
+    let aggressors = ids
+        .iter()
+        .filter_map(|id| tenants.iter().find(|t| &t.id == id))
+        .map(|t| reports::isolation::Aggressor {
+            tenant: t.id.clone(),
+            rpm_limit: t.rpm_limit,
+            tpm_limit: t.tpm_limit,
+        })
+        .collect();
+    Ok(reports::IsolationSpec {
+        baseline,
+        test,
+        aggressors,
+        metric,
+        percentile,
+        max_ratio,
+        limit_tolerance,
     })
 }
 

@@ -190,11 +190,13 @@ impl Shared {
         })
     }
 
-    /// Records that a token of request `timeline` was handed to its body now.
-    pub fn record_token(&self, timeline: usize, finished: bool) {
+    /// Records that a token of request `timeline`, produced by the step that logically ended
+    /// at `scheduled`, was handed to its body now.
+    pub fn record_token(&self, timeline: usize, finished: bool, scheduled: Instant) {
         let now = Instant::now();
         if let Some(t) = self.lock_timelines().get_mut(timeline) {
             t.token_times.push(now);
+            t.scheduled_times.push(scheduled);
             t.finished |= finished;
         }
     }

@@ -197,6 +197,12 @@ impl Engine {
         u64::from(self.kv.total_blocks()) * u64::from(self.kv.block_size())
     }
 
+    /// KV-cache tokens held by running sequences now (blocks in use × block size).
+    pub fn kv_used_tokens(&self) -> u64 {
+        let used = self.kv.total_blocks() - self.kv.available();
+        u64::from(used) * u64::from(self.kv.block_size())
+    }
+
     /// Queues a sequence.
     pub fn add(&mut self, req: SeqRequest) -> Result<(), AdmitError> {
         if self.seqs.contains_key(&req.id) {

@@ -9,6 +9,7 @@
 //!   [`lora`]: adapter registry and caches;
 //! - [`engine`]: the pure scheduler core (no tokio, no clock), modelled on vLLM V1;
 //! - `driver` + `server`: the core in real time behind axum, streaming vLLM's exact bodies;
+//!   [`detokenizer`]: token bytes to text deltas that never split a character;
 //! - [`calibration`]: the same core in virtual time, replaying published benchmark runs.
 //!
 //! Entry points: [`serve`] (a listener and a shutdown future, as every tenantbench server) and
@@ -18,6 +19,7 @@ pub mod calibration;
 pub mod catalog;
 pub mod config;
 pub mod cost;
+pub mod detokenizer;
 mod driver;
 pub mod engine;
 mod error;

@@ -3,7 +3,8 @@
 //! Handlers validate in vLLM's order (body types and values → 400 naming the field; unknown
 //! model → 404; prompt + `max_tokens` over `max_model_len` → 400 with vLLM's context-length
 //! message), then hand one engine sequence per choice to the driver and turn its tokens into
-//! vLLM's bodies: for a stream, a role chunk, one chunk per token (the last one carrying
+//! vLLM's bodies: for a stream, a role chunk, one chunk per token carrying the text that the
+//! token completed ([`crate::detokenizer`]; possibly empty mid-character), the last one carrying
 //! `finish_reason`, as vLLM sends it), the usage chunk with `choices: []` when
 //! `stream_options.include_usage` is set, and `data: [DONE]`. Dropping the body (the client went
 //! away) drops the request's abort guard, which frees its sequences and KV blocks.
@@ -24,8 +25,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use wire::openai::{ChatRequest, CompletionRequest, ErrorBody, Prompt, Usage, parse_body};
 use wire::sse::{data_event, done_event};
-use wire::tokens::{self, Vocabulary};
+use wire::tokens;
 
+use crate::detokenizer::{Detokenizer, TokenSource, token_bytes};
 use crate::driver::{SeqSpec, Shared, Submission, TokenEvent};
 use crate::kv_cache::{PromptSegment, block_hashes};
 use crate::lora::Adapter;
@@ -244,6 +246,30 @@ struct Plan {
     stream: bool,
     include_usage: bool,
     seed: u64,
+    /// Token bytes of the `mock_output_text` extension, when the request gave one.
+    output_tokens: Option<Arc<Vec<Vec<u8>>>>,
+}
+
+/// Simulator extension fields of a request body (other fields are wire's business).
+#[derive(Deserialize, Default)]
+struct Extensions {
+    /// Every choice generates this text (cl100k tokens, repeated up to `max_tokens`).
+    #[serde(default)]
+    mock_output_text: Option<String>,
+}
+
+fn output_tokens(body: &[u8]) -> Result<Option<Arc<Vec<Vec<u8>>>>, ApiError> {
+    let ext: Extensions = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            format!("mock_output_text: {e}"),
+            Some("mock_output_text".into()),
+        )
+    })?;
+    Ok(ext
+        .mock_output_text
+        .as_deref()
+        .and_then(token_bytes)
+        .map(Arc::new))
 }
 
 fn request_id(s: &Shared, headers: &HeaderMap, number: u64) -> String {
@@ -325,6 +351,7 @@ fn plan_chat(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan, ApiEr
         tokens: tokens::PER_CHAT_OVERHEAD as u32,
     });
     let max_tokens = check_context(s, prompt, req.max_tokens, "messages")?;
+    let output_tokens = output_tokens(body)?;
     let number = s.next_request_number();
     Ok(Plan {
         request_id: request_id(s, headers, number),
@@ -338,6 +365,7 @@ fn plan_chat(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan, ApiEr
         seed: req
             .seed
             .map_or_else(|| s.spec.seed.wrapping_add(number), |v| v as u64),
+        output_tokens,
     })
 }
 
@@ -387,6 +415,7 @@ fn plan_completion(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan,
         }
         max_tokens = check_context(s, *p, Some(req.max_tokens), "prompt")?;
     }
+    let output_tokens = output_tokens(body)?;
     let number = s.next_request_number();
     Ok(Plan {
         request_id: request_id(s, headers, number),
@@ -400,6 +429,7 @@ fn plan_completion(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan,
         seed: req
             .seed
             .map_or_else(|| s.spec.seed.wrapping_add(number), |v| v as u64),
+        output_tokens,
     })
 }
 
@@ -407,28 +437,6 @@ fn plan_completion(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan,
 enum Kind {
     Chat,
     Completion,
-}
-
-/// Per-choice text generator: one vocabulary word (one token) per call, seeded.
-struct TextGen {
-    rngs: Vec<StdRng>,
-}
-
-impl TextGen {
-    fn new(seed: u64, choices: u32) -> Self {
-        Self {
-            rngs: (0..u64::from(choices))
-                .map(|c| StdRng::seed_from_u64(seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
-                .collect(),
-        }
-    }
-    fn word(&mut self, choice: u32) -> &'static str {
-        let v = Vocabulary::get();
-        match self.rngs.get_mut(choice as usize) {
-            Some(r) => v.word((r.next_u64() % v.len().max(1) as u64) as usize),
-            None => v.word(0),
-        }
-    }
 }
 
 async fn run(s: Arc<Shared>, plan: Plan, arrival: Instant, kind: Kind) -> Response {
@@ -460,6 +468,7 @@ async fn run(s: Arc<Shared>, plan: Plan, arrival: Instant, kind: Kind) -> Respon
         prompt_tokens: prompt_total.min(u64::from(u32::MAX)) as u32,
         arrival,
         token_times: Vec::new(),
+        scheduled_times: Vec::new(),
         finished: false,
     };
     let sub = match s.submit(seqs, timeline) {
@@ -493,7 +502,8 @@ async fn whole_response(
     choices: u32,
     prompt_total: u64,
 ) -> Response {
-    let mut text_gen = TextGen::new(plan.seed, choices);
+    let mut sources = TokenSource::for_choices(plan.seed, choices, plan.output_tokens.as_ref());
+    let mut detoks = vec![Detokenizer::default(); choices as usize];
     let mut texts = vec![String::new(); choices as usize];
     let mut done = 0;
     let mut completion = 0u64;
@@ -506,14 +516,19 @@ async fn whole_response(
             .into_response();
         };
         completion += 1;
-        let w = text_gen.word(ev.choice);
-        if let Some(t) = texts.get_mut(ev.choice as usize) {
-            t.push_str(w);
+        let c = ev.choice as usize;
+        if let (Some(src), Some(d), Some(t)) =
+            (sources.get_mut(c), detoks.get_mut(c), texts.get_mut(c))
+        {
+            t.push_str(&d.push(src.next_token()));
+            if ev.finished {
+                t.push_str(&d.finish());
+            }
         }
         if ev.finished {
             done += 1;
         }
-        s.record_token(sub.timeline, done == choices);
+        s.record_token(sub.timeline, done == choices, ev.at);
     }
     let usage: UsageFull = Usage::new(prompt_total, completion).into();
     let model = plan.model.as_str();
@@ -523,7 +538,7 @@ async fn whole_response(
             &ChatResponse {
                 id: &id,
                 object: "chat.completion",
-                created: s.created,
+                created: unix_seconds(),
                 model,
                 choices: texts
                     .into_iter()
@@ -557,7 +572,7 @@ async fn whole_response(
             &CompletionResponse {
                 id: &id,
                 object: "text_completion",
-                created: s.created,
+                created: unix_seconds(),
                 model,
                 choices: texts
                     .into_iter()
@@ -578,14 +593,23 @@ async fn whole_response(
     }
 }
 
+/// Unix time in seconds, for the `created` field of a response.
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// State of one streamed response.
 struct StreamState {
     shared: Arc<Shared>,
+    /// Unix seconds when the request arrived; every chunk of one response carries the same
+    /// value, as vLLM's do.
+    created: u64,
     sub: Submission,
     id: String,
     model: String,
     kind: Kind,
-    text_gen: TextGen,
+    sources: Vec<TokenSource>,
+    detoks: Vec<Detokenizer>,
     choices: u32,
     done: u32,
     completion: u64,
@@ -603,7 +627,7 @@ impl StreamState {
             Kind::Chat => serde_json::to_string(&ChatChunk {
                 id: &self.id,
                 object: "chat.completion.chunk",
-                created: self.shared.created,
+                created: self.created,
                 model: &self.model,
                 choices: vec![ChatChunkChoice {
                     index: choice,
@@ -620,7 +644,7 @@ impl StreamState {
             Kind::Completion => serde_json::to_string(&CompletionChunk {
                 id: &self.id,
                 object: "text_completion",
-                created: self.shared.created,
+                created: self.created,
                 model: &self.model,
                 choices: vec![CompletionChunkChoice {
                     index: choice,
@@ -641,7 +665,7 @@ impl StreamState {
             Kind::Chat => serde_json::to_string(&ChatChunk {
                 id: &self.id,
                 object: "chat.completion.chunk",
-                created: self.shared.created,
+                created: self.created,
                 model: &self.model,
                 choices: Vec::new(),
                 usage,
@@ -649,7 +673,7 @@ impl StreamState {
             Kind::Completion => serde_json::to_string(&CompletionChunk {
                 id: &self.id,
                 object: "text_completion",
-                created: self.shared.created,
+                created: self.created,
                 model: &self.model,
                 choices: Vec::new(),
                 usage,
@@ -663,10 +687,19 @@ impl StreamState {
         if ev.finished {
             self.done += 1;
         }
-        let word = self.text_gen.word(ev.choice);
-        let bytes = self.chunk(ev.choice, word, false, ev.finished);
+        // One chunk per token, carrying the text that became complete with it (vLLM sends the
+        // chunk even when that is empty).
+        let c = ev.choice as usize;
+        let mut text = String::new();
+        if let (Some(src), Some(d)) = (self.sources.get_mut(c), self.detoks.get_mut(c)) {
+            text = d.push(src.next_token());
+            if ev.finished {
+                text.push_str(&d.finish());
+            }
+        }
+        let bytes = self.chunk(ev.choice, &text, false, ev.finished);
         self.shared
-            .record_token(self.sub.timeline, self.done == self.choices);
+            .record_token(self.sub.timeline, self.done == self.choices, ev.at);
         bytes
     }
 }
@@ -682,11 +715,13 @@ fn stream_response(
 ) -> Response {
     let state = StreamState {
         shared: s,
+        created: unix_seconds(),
         sub,
         id,
         model: plan.model,
         kind,
-        text_gen: TextGen::new(plan.seed, choices),
+        sources: TokenSource::for_choices(plan.seed, choices, plan.output_tokens.as_ref()),
+        detoks: vec![Detokenizer::default(); choices as usize],
         choices,
         done: 0,
         completion: 0,

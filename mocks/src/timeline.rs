@@ -22,6 +22,10 @@ pub struct RequestTimeline {
     /// choices' tokens in the order they were sent; for a non-streaming request, when the
     /// engine emitted them).
     pub token_times: Vec<Instant>,
+    /// For each entry of `token_times`, the logical end of the engine step that produced the
+    /// token: when the simulated GPU finished it. `token_times[i] - scheduled_times[i]` is how
+    /// late the simulator itself was in emitting it (timer wake-up, lock waits, a busy runtime).
+    pub scheduled_times: Vec<Instant>,
     /// All tokens were sent (false while running, or when the client went away).
     pub finished: bool,
 }
@@ -32,6 +36,16 @@ impl RequestTimeline {
         self.token_times
             .first()
             .map(|t| t.duration_since(self.arrival))
+    }
+
+    /// Emission lateness of each token: when its chunk was handed to the body minus when the
+    /// engine's step logically ended.
+    pub fn lateness(&self) -> Vec<Duration> {
+        self.token_times
+            .iter()
+            .zip(&self.scheduled_times)
+            .map(|(t, s)| t.saturating_duration_since(*s))
+            .collect()
     }
 
     /// Gaps between consecutive tokens.
@@ -58,8 +72,10 @@ mod tests {
             prompt_tokens: 3,
             arrival: t0,
             token_times: vec![t0 + ms(50), t0 + ms(60), t0 + ms(75)],
+            scheduled_times: vec![t0 + ms(49), t0 + ms(60), t0 + ms(70)],
             finished: true,
         };
+        assert_eq!(tl.lateness(), vec![ms(1), ms(0), ms(5)]);
         assert_eq!(tl.ttft(), Some(ms(50)));
         assert_eq!(tl.itls(), vec![ms(10), ms(15)]);
     }

@@ -126,6 +126,10 @@ pub struct Aggregate {
     pub e2e_raw: Distribution,
     /// How late each request was sent, whatever its outcome (early sends count as 0).
     pub schedule_lateness: Distribution,
+    /// Requests judged against an SLO (warm-up excluded, all outcomes).
+    pub slo_judged: u64,
+    /// Of those, the requests that met every per-request SLO threshold.
+    pub slo_met: u64,
 }
 
 impl Aggregate {
@@ -187,6 +191,8 @@ impl Aggregate {
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
         self.estimated_output_requests += other.estimated_output_requests;
+        self.slo_judged += other.slo_judged;
+        self.slo_met += other.slo_met;
         for (mine, theirs) in self
             .distributions_mut()
             .into_iter()
@@ -256,6 +262,12 @@ impl Aggregate {
             ttft_raw_ms: self.ttft_raw.stats(),
             e2e_raw_ms: self.e2e_raw.stats(),
             schedule_lateness_ms: self.schedule_lateness.stats(),
+            slo_met_requests: self.slo_met,
+            goodput_per_s: if self.slo_judged > 0 {
+                crate::slo::goodput(self.slo_met, duration_s)
+            } else {
+                None
+            },
         }
     }
 }
@@ -302,6 +314,12 @@ pub struct Statistics {
     pub e2e_raw_ms: LatencyStats,
     /// How late the scheduler sent requests.
     pub schedule_lateness_ms: LatencyStats,
+    /// Requests that met every per-request threshold of their tenant's SLO.
+    #[serde(default)]
+    pub slo_met_requests: u64,
+    /// Those requests per second of the measured window; `null` when no SLO applies.
+    #[serde(default)]
+    pub goodput_per_s: Option<f64>,
 }
 
 #[cfg(test)]

@@ -18,32 +18,40 @@
 //! - [`aggregate`] — per-scope accumulation (tenant, group, overall) and the statistics object.
 //! - [`cost`] — self-hosted vs API cost per tenant and break-even.
 //! - [`gate`] — CI gates over any number in the statistics.
+//! - [`slo`] — SLO verdicts and goodput; [`isolation`] — noisy-neighbour verdicts.
 //! - [`summary`] — `summary.json`.
 //! - [`table`] — the terminal summary.
 //! - [`interval_log`], [`plot`], [`html`], [`results`] — the files of the results directory.
 
 pub mod aggregate;
+pub mod baseline;
 pub mod cost;
 pub mod distribution;
 pub mod error;
 pub mod gate;
 pub mod html;
 pub mod interval_log;
+pub mod isolation;
+pub mod junit;
 pub mod plot;
 pub mod record;
 pub mod results;
 pub mod run;
+pub mod slo;
 pub mod summary;
 pub mod table;
+pub mod vllm_bench;
 
 pub use aggregate::{Aggregate, OutcomeCounts, Statistics};
 pub use cost::{CostModel, CostSummary, TenantCost, breakeven_tenants};
 pub use distribution::{Distribution, LatencyStats};
 pub use error::ReportError;
 pub use gate::{GateFailure, GateOp, GateResult, GateScope, GateSpec};
+pub use isolation::{IsolationReport, IsolationSpec};
 pub use record::{Outcome, RequestRecord};
 pub use results::{RequestRow, TenantRow, write_results};
 pub use run::{EngineInfo, RunData, TenantInfo};
+pub use slo::{SloSpec, SloVerdict};
 pub use summary::{GroupSummary, Summary, TenantSummary, summarize};
 pub use table::render_table;
 

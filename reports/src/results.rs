@@ -26,6 +26,10 @@ pub const REQUESTS_CSV: &str = "requests.csv";
 pub const TENANTS_CSV: &str = "tenants.csv";
 /// The self-contained report.
 pub const REPORT_HTML: &str = "report.html";
+/// Gate, SLO and isolation verdicts as JUnit XML, for CI systems to display.
+pub const JUNIT_XML: &str = "junit.xml";
+/// The measured window in the layout of `vllm bench serve --save-result`.
+pub const VLLM_BENCH_JSON: &str = "vllm-bench.json";
 /// Interval logs, one per metric.
 pub const HISTOGRAMS_DIR: &str = "histograms";
 /// Plots as SVG.
@@ -222,6 +226,17 @@ pub fn write_results(dir: &Path, run: &RunData, summary: &Summary) -> Result<(),
         &dir.join(TENANTS_CSV),
         summary.tenants.iter().map(TenantRow::from),
     )?;
+
+    let path = dir.join(JUNIT_XML);
+    fs::write(&path, crate::junit::render_junit(summary)).map_err(|e| ReportError::io(&path, e))?;
+    let path = dir.join(VLLM_BENCH_JSON);
+    let bench = serde_json::to_vec(&crate::vllm_bench::vllm_bench_json(run)).map_err(|source| {
+        ReportError::Json {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    fs::write(&path, bench).map_err(|e| ReportError::io(&path, e))?;
 
     let tenants: Vec<String> = summary.tenants.iter().map(|t| t.tenant.clone()).collect();
     write_interval_logs(&dir.join(HISTOGRAMS_DIR), run, &tenants)?;

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cost::CostModel;
 use crate::gate::GateSpec;
+use crate::isolation::IsolationSpec;
 use crate::record::RequestRecord;
+use crate::slo::SloSpec;
 
 /// One tenant as the scenario declared it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +24,9 @@ pub struct TenantInfo {
     pub model: String,
     /// Its LoRA adapter, if it has one (then its training cost is charged).
     pub lora: Option<String>,
+    /// The SLO its requests are judged by (its own, else its group's, else the scenario's).
+    #[serde(default)]
+    pub slo: Option<SloSpec>,
 }
 
 /// One inference engine of the run (simulated or real).
@@ -70,6 +75,15 @@ pub struct RunData {
     pub engines: Vec<EngineInfo>,
     /// Free-form remarks carried into the summary and the report.
     pub notes: Vec<String>,
+    /// The scenario-wide SLO (verdict on the overall statistics).
+    #[serde(default)]
+    pub slo: Option<SloSpec>,
+    /// Group SLOs (verdicts on each group's merged statistics), by group name.
+    #[serde(default)]
+    pub group_slos: Vec<(String, SloSpec)>,
+    /// Isolation phases and thresholds, if the scenario declares them.
+    #[serde(default)]
+    pub isolation: Option<IsolationSpec>,
 }
 
 impl RunData {

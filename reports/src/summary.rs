@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{Aggregate, Statistics};
 use crate::cost::{CostSummary, TenantCost};
 use crate::gate::{self, GateResult, GateScopes};
+use crate::isolation::IsolationReport;
 use crate::run::{EngineInfo, RunData, TenantInfo};
+use crate::slo::SloVerdict;
 
 /// Version of the `summary.json` layout; bumped only when a field changes meaning or goes away.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -52,12 +54,27 @@ pub struct Summary {
     pub gates: Vec<GateResult>,
     /// Remarks from the run and from summarising it.
     pub notes: Vec<String>,
+    /// The scenario-wide SLO verdict on the overall statistics.
+    #[serde(default)]
+    pub slo: Option<SloVerdict>,
+    /// Isolation verdicts, when the scenario declares phases to compare.
+    #[serde(default)]
+    pub isolation: Option<IsolationReport>,
 }
 
 impl Summary {
     /// True when every gate passed (also when there are none).
     pub fn gates_passed(&self) -> bool {
         self.gates.iter().all(|g| g.passed)
+    }
+
+    /// True when every SLO verdict (overall, groups, tenants) and the isolation verdict passed.
+    pub fn slos_passed(&self) -> bool {
+        let ok = |v: &Option<SloVerdict>| v.as_ref().is_none_or(|v| v.passed);
+        ok(&self.slo)
+            && self.groups.iter().all(|g| ok(&g.slo))
+            && self.tenants.iter().all(|t| ok(&t.slo))
+            && self.isolation.as_ref().is_none_or(|i| i.passed)
     }
 
     /// The gates that failed.
@@ -83,6 +100,9 @@ pub struct GroupSummary {
     pub stats: Statistics,
     /// Its tenants' cost lines summed.
     pub cost: TenantCost,
+    /// The group SLO's verdict on its merged statistics.
+    #[serde(default)]
+    pub slo: Option<SloVerdict>,
 }
 
 /// One tenant.
@@ -101,6 +121,9 @@ pub struct TenantSummary {
     pub stats: Statistics,
     /// Its cost lines.
     pub cost: TenantCost,
+    /// Its SLO's verdict on its statistics.
+    #[serde(default)]
+    pub slo: Option<SloVerdict>,
 }
 
 /// Builds the whole summary of a run.
@@ -143,13 +166,20 @@ pub fn aggregate_tenants(run: &RunData) -> (Vec<(TenantInfo, Aggregate)>, Vec<St
                     group: r.group.clone(),
                     model: r.model.clone(),
                     lora: None,
+                    slo: None,
                 };
                 tenants.push((info, Aggregate::new()));
                 i
             }
         };
-        if let Some((_, agg)) = tenants.get_mut(i) {
+        if let Some((info, agg)) = tenants.get_mut(i) {
             agg.record(r);
+            if let Some(slo) = &info.slo
+                && !r.warmup
+            {
+                agg.slo_judged += 1;
+                agg.slo_met += u64::from(slo.met_by(r));
+            }
         }
     }
     if !undeclared.is_empty() {
@@ -234,17 +264,30 @@ pub fn build_summary(run: &RunData, tenants: &[(TenantInfo, Aggregate)]) -> Summ
             group: info.group.clone(),
             model: info.model.clone(),
             lora: info.lora.clone(),
+            slo: info
+                .slo
+                .as_ref()
+                .map(|s| s.verdict(&agg.statistics(duration))),
             stats: agg.statistics(duration),
             cost,
         })
         .collect();
     let group_summaries: Vec<GroupSummary> = groups
         .into_iter()
-        .map(|(group, tenant_count, agg, cost)| GroupSummary {
-            group,
-            tenant_count,
-            stats: agg.statistics(duration),
-            cost,
+        .map(|(group, tenant_count, agg, cost)| {
+            let stats = agg.statistics(duration);
+            let slo = run
+                .group_slos
+                .iter()
+                .find(|(g, _)| *g == group)
+                .map(|(_, s)| s.verdict(&stats));
+            GroupSummary {
+                group,
+                tenant_count,
+                stats,
+                cost,
+                slo,
+            }
         })
         .collect();
     let overall = overall.statistics(duration);
@@ -266,6 +309,7 @@ pub fn build_summary(run: &RunData, tenants: &[(TenantInfo, Aggregate)]) -> Summ
         .map(|g| gate::evaluate(g, &scopes))
         .collect();
 
+    let slo = run.slo.as_ref().map(|s| s.verdict(&overall));
     Summary {
         schema_version: SCHEMA_VERSION,
         scenario: run.scenario.clone(),
@@ -282,6 +326,11 @@ pub fn build_summary(run: &RunData, tenants: &[(TenantInfo, Aggregate)]) -> Summ
         cost,
         gates,
         notes,
+        slo,
+        isolation: run.isolation.as_ref().map(|spec| {
+            let ids: Vec<String> = tenants.iter().map(|(t, _)| t.id.clone()).collect();
+            crate::isolation::evaluate(spec, &ids, &run.records)
+        }),
     }
 }
 
@@ -299,6 +348,7 @@ pub(crate) mod tests {
             group: group.to_owned(),
             model: "chat-fast".to_owned(),
             lora: Some(format!("{id}-lora")),
+            slo: None,
         };
         let mut records = Vec::new();
         for i in 0..10u32 {
@@ -353,6 +403,9 @@ pub(crate) mod tests {
             ],
             engines: Vec::new(),
             notes: vec!["from a unit test".to_owned()],
+            slo: None,
+            group_slos: Vec::new(),
+            isolation: None,
         }
     }
 

@@ -142,6 +142,12 @@ pub struct RoutingSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub audit_log: Option<PathBuf>,
+    /// The spend log and generated keys.
+    pub database: crate::store::Database,
+    /// Redis shared by replicas; `None`: limits and budget holds are per process.
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub metrics_max_tenants: usize,
     pub max_body_bytes: usize,
     pub default_max_tokens_estimate: u32,
     pub budget_exceeded_status: StatusCode,
@@ -280,14 +286,19 @@ pub(crate) fn validate(
             Some(KeyHash::of(&k))
         }
     };
-    if general
-        .database_url
-        .as_deref()
-        .is_some_and(|u| !u.is_empty())
-    {
-        v.warn("general_settings.database_url is set but not used yet: spend and limits are kept in memory, per process".into());
+    let mut settings = v.settings(raw.tenantbench_settings.unwrap_or_default(), base)?;
+    if let Some(url) = general.database_url.as_deref().filter(|u| !u.is_empty()) {
+        let url = v.resolve_env(url, "general_settings.database_url")?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(v.err(
+                "general_settings.database_url",
+                "only PostgreSQL URLs are supported",
+                "write `postgresql://user:password@host:5432/db`, or remove it to use the SQLite file (tenantbench_settings.spend_db)",
+            ));
+        }
+        settings.database = crate::store::Database::Postgres(url);
     }
-    let settings = v.settings(raw.tenantbench_settings.unwrap_or_default(), base)?;
+    settings.redis_url = v.redis(general.redis_url.as_deref(), raw.router_settings.as_ref())?;
     let tenants = v.tenants(raw.tenants, &groups, master_key)?;
     if tenants.is_empty() && master_key.is_none() {
         v.warn("no tenants and no master_key: every model request will get 401".into());
@@ -392,8 +403,11 @@ impl Validator {
             "timeout",
             "allowed_fails",
             "cooldown_time",
+            "redis_host",
+            "redis_port",
+            "redis_password",
         ];
-        const GENERAL: &[&str] = &["master_key", "database_url"];
+        const GENERAL: &[&str] = &["master_key", "database_url", "redis_url"];
         let Some(top) = doc.as_mapping() else { return };
         let mut found = Vec::new();
         let keys = |v: &Value, prefix: &str, known: &[&str], found: &mut Vec<String>| {
@@ -652,6 +666,49 @@ impl Validator {
         Ok(groups)
     }
 
+    /// `general_settings.redis_url`, or LiteLLM's `router_settings.redis_host`/`redis_port`/
+    /// `redis_password`.
+    fn redis(
+        &self,
+        url: Option<&str>,
+        r: Option<&raw::RawRouterSettings>,
+    ) -> Result<Option<String>, ConfigError> {
+        if let Some(u) = url.filter(|u| !u.is_empty()) {
+            let u = self.resolve_env(u, "general_settings.redis_url")?;
+            if !u.starts_with("redis://") {
+                return Err(self.err(
+                    "general_settings.redis_url",
+                    format!("`{u}` is not a redis:// URL"),
+                    "write `redis://host:6379` (TLS is not supported)",
+                ));
+            }
+            return Ok(Some(u));
+        }
+        let Some(host) = r.and_then(|r| r.redis_host.as_deref()) else {
+            return Ok(None);
+        };
+        let host = self.resolve_env(host, "router_settings.redis_host")?;
+        if host.is_empty() || host.contains(['/', '@', ' ']) {
+            return Err(self.err(
+                "router_settings.redis_host",
+                format!("`{host}` is not a host name"),
+                "e.g. `redis_host: 127.0.0.1`",
+            ));
+        }
+        let port = r.and_then(|r| r.redis_port).unwrap_or(6379);
+        let auth = match r.and_then(|r| r.redis_password.as_deref()) {
+            Some(p) => {
+                let p = self.resolve_env(p, "router_settings.redis_password")?;
+                format!(
+                    ":{}@",
+                    url::form_urlencoded::byte_serialize(p.as_bytes()).collect::<String>()
+                )
+            }
+            None => String::new(),
+        };
+        Ok(Some(format!("redis://{auth}{host}:{port}")))
+    }
+
     fn fallbacks(
         &mut self,
         r: Option<&raw::RawRouterSettings>,
@@ -753,8 +810,45 @@ impl Validator {
                 ));
             }
         };
+        let database = match s.spend_db.as_deref() {
+            Some("") => {
+                return Err(self.err(
+                    "tenantbench_settings.spend_db",
+                    "the path is empty",
+                    "give a file path, or `:memory:`",
+                ));
+            }
+            Some(":memory:") => crate::store::Database::Memory,
+            Some(p) => {
+                let p = PathBuf::from(p);
+                crate::store::Database::Sqlite(match base {
+                    Some(dir) if p.is_relative() => dir.join(p),
+                    _ => p,
+                })
+            }
+            None => match base {
+                Some(dir) => crate::store::Database::Sqlite(dir.join("tenantbench-spend.sqlite")),
+                None => crate::store::Database::Memory,
+            },
+        };
+        let redis_prefix = s.redis_prefix.unwrap_or_else(|| "tenantbench".into());
+        if redis_prefix.is_empty() || redis_prefix.contains(char::is_whitespace) {
+            return Err(self.err(
+                "tenantbench_settings.redis_prefix",
+                format!("`{redis_prefix}` is not a usable prefix"),
+                "use letters, digits and `-_:.`, e.g. `tenantbench`",
+            ));
+        }
+        let metrics_max_tenants = match s.metrics_max_tenants {
+            None => 500,
+            Some(n) => n as usize,
+        };
         Ok(Settings {
             audit_log,
+            database,
+            redis_url: None,
+            redis_prefix,
+            metrics_max_tenants,
             max_body_bytes,
             default_max_tokens_estimate,
             budget_exceeded_status,
@@ -987,10 +1081,17 @@ tenants:
         assert_eq!(c.master_key, Some(KeyHash::of("sk-master")));
         assert_eq!(c.settings.budget_exceeded_status, StatusCode::BAD_REQUEST);
         // LiteLLM keys we ignore are warned about, not fatal.
+        // redis_host is now understood: limits are shared through it.
         assert!(
-            c.warnings
+            !c.warnings
                 .iter()
                 .any(|w| w.contains("router_settings.redis_host"))
+        );
+        assert!(
+            c.settings
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("redis://"))
         );
         assert!(c.warnings.iter().any(|w| w.contains("litellm_settings")));
     }

@@ -39,6 +39,18 @@ pub enum ApiError {
     MissingKey,
     #[error("Invalid API key.")]
     InvalidKey,
+    #[error("Authentication Error: this key is blocked.")]
+    KeyBlocked,
+    #[error("Authentication Error: this key expired.")]
+    KeyExpired,
+    /// A caller asked for something it may not see or do (admin endpoints).
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The shared limits backend (Redis) could not be asked.
+    #[error("Limits are unavailable: {0}")]
+    StateUnavailable(String),
     #[error("The model `{model}` does not exist.")]
     UnknownModel { model: String },
     #[error("This key may not use the model `{model}`.")]
@@ -93,8 +105,13 @@ fn rate_message(r: &Rejection) -> String {
 }
 
 fn budget_message(b: &BudgetExceeded) -> String {
+    let whose = if b.scope.starts_with("key:") {
+        "this key's"
+    } else {
+        "the tenant's"
+    };
     let mut m = format!(
-        "Budget has been exceeded: spend {} + in flight {} + this request's worst case {} > max budget {}.",
+        "Budget has been exceeded: {whose} spend {} + in flight {} + this request's worst case {} > max budget {}.",
         b.spent, b.reserved, b.requested, b.budget
     );
     if let Some(r) = b.resets_in {
@@ -128,9 +145,14 @@ impl ApiError {
         match self {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
-            Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
-            Self::UnknownModel { .. } | Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::MissingKey | Self::InvalidKey | Self::KeyBlocked | Self::KeyExpired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::ModelNotAllowed { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::UnknownModel { .. } | Self::NoRoute(_) | Self::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::StateUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BudgetExceeded { status, .. } => *status,
             Self::NoDeployment { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -155,9 +177,14 @@ impl ApiError {
             Self::BodyTooLarge { .. }
             | Self::InvalidRequest(_)
             | Self::UnknownModel { .. }
+            | Self::NotFound(_)
             | Self::NoRoute(_) => "invalid_request_error",
-            Self::MissingKey | Self::InvalidKey => "authentication_error",
+            Self::MissingKey | Self::InvalidKey | Self::KeyBlocked | Self::KeyExpired => {
+                "authentication_error"
+            }
             Self::ModelNotAllowed { .. } => "key_model_access_denied",
+            Self::Forbidden(_) => "permission_error",
+            Self::StateUnavailable(_) => "service_unavailable",
             Self::RateLimited(r) => r.kind.as_str(),
             Self::BudgetExceeded { .. } => "budget_exceeded",
             Self::NoDeployment { .. } => "service_unavailable",
@@ -179,6 +206,8 @@ impl ApiError {
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::InvalidRequest(_) => "invalid_value",
             Self::MissingKey | Self::InvalidKey => "invalid_api_key",
+            Self::KeyBlocked => "key_blocked",
+            Self::KeyExpired => "key_expired",
             Self::UnknownModel { .. } => "model_not_found",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::RateLimited(_) => "rate_limit_exceeded",
@@ -201,9 +230,12 @@ impl ApiError {
         match self {
             Self::BodyTooLarge { .. } => Outcome::TooLarge,
             Self::InvalidRequest(_) => Outcome::InvalidRequest,
-            Self::MissingKey | Self::InvalidKey => Outcome::Unauthorized,
-            Self::ModelNotAllowed { .. } => Outcome::Forbidden,
-            Self::UnknownModel { .. } | Self::NoRoute(_) => Outcome::NotFound,
+            Self::MissingKey | Self::InvalidKey | Self::KeyBlocked | Self::KeyExpired => {
+                Outcome::Unauthorized
+            }
+            Self::ModelNotAllowed { .. } | Self::Forbidden(_) => Outcome::Forbidden,
+            Self::UnknownModel { .. } | Self::NoRoute(_) | Self::NotFound(_) => Outcome::NotFound,
+            Self::StateUnavailable(_) => Outcome::Unavailable,
             Self::RateLimited(_) => Outcome::RateLimited,
             Self::BudgetExceeded { .. } => Outcome::BudgetExceeded,
             Self::NoDeployment { .. } => Outcome::Unavailable,
@@ -334,6 +366,7 @@ mod tests {
     async fn budget_and_upstream_mapping() {
         let (s, _, v) = parts(ApiError::BudgetExceeded {
             detail: Box::new(BudgetExceeded {
+                scope: "tenant:t".into(),
                 spent: Money::from_f64(1.0),
                 reserved: Money::ZERO,
                 budget: Money::from_f64(1.0),

@@ -1,22 +1,27 @@
-//! Spend and budgets: the [`Ledger`] trait and its in-memory implementation.
+//! Budgets: the [`Ledger`] trait and its in-memory implementation.
 //!
-//! Admission reserves a request's worst-case cost ([`Ledger::reserve`]); when the request ends,
-//! [`Ledger::settle`] replaces that hold with the actual cost and records the spend row, or
-//! [`Ledger::release`] drops it when nothing was served. Check and reserve happen in one
-//! critical section, so however many requests race, spend stays within the budget plus the
-//! overshoot of a single request whose actual cost exceeded its estimate.
+//! Admission reserves a request's worst-case cost against every [`Scope`] of the request
+//! ([`Ledger::reserve`]); when the request ends, [`Ledger::settle`] replaces that hold with the
+//! actual cost, or [`Ledger::release`] drops it when nothing was served. Check and reserve
+//! happen in one critical section over all scopes, so however many requests race, spend stays
+//! within the budget plus the overshoot of a single request whose actual cost exceeded its
+//! estimate. The durable record of spend is the spend log ([`crate::spend`]); the ledger holds
+//! the running totals, and [`Ledger::resume`] seeds them from the spend log at start-up so
+//! budgets survive a restart. Budget periods are aligned on the Unix epoch
+//! ([`Scope::period_start_ms`]), so a restart or another replica agrees on the current period.
 //!
-//! Money is kept in integer nano-units (10⁻⁹ of a price unit) so sums are exact and a future
-//! Redis or SQL backend can add them atomically.
+//! Money is kept in integer nano-units (10⁻⁹ of a price unit) so sums are exact and Redis and
+//! SQL add them atomically.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::time::Instant;
 
-use crate::tenant::Tenant;
+use crate::clock::Clock;
+use crate::scope::Scope;
 
 /// An amount in price units (LiteLLM: USD), stored as nano-units.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -44,11 +49,15 @@ impl Money {
         Self::from_f64(prompt as f64 * input_price + completion as f64 * output_price)
     }
 
-    fn plus(self, o: Money) -> Money {
+    pub fn from_nanos(n: i64) -> Self {
+        Money(n)
+    }
+
+    pub fn plus(self, o: Money) -> Money {
         Money(self.0.saturating_add(o.0))
     }
 
-    fn minus(self, o: Money) -> Money {
+    pub fn minus(self, o: Money) -> Money {
         Money(self.0.saturating_sub(o.0))
     }
 }
@@ -64,17 +73,29 @@ impl fmt::Display for Money {
 #[must_use = "a hold must be settled or released, or the budget stays reserved"]
 pub struct Hold {
     amount: Money,
+    /// Identifies the hold in a shared backend (Redis), where holds of a crashed replica expire.
+    id: u64,
 }
 
 impl Hold {
+    pub fn new(amount: Money, id: u64) -> Self {
+        Self { amount, id }
+    }
+
     pub fn amount(&self) -> Money {
         self.amount
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
     }
 }
 
 /// Why a reservation was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetExceeded {
+    /// The scope whose budget refused (`tenant:<id>` or `key:<hash>`).
+    pub scope: Arc<str>,
     pub spent: Money,
     pub reserved: Money,
     pub budget: Money,
@@ -84,7 +105,15 @@ pub struct BudgetExceeded {
     pub resets_in: Option<Duration>,
 }
 
-/// A tenant's budget position.
+/// Why a reservation did not go through.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReserveError {
+    Exceeded(BudgetExceeded),
+    /// The shared backend (Redis) could not be asked; refused rather than let through.
+    Backend(String),
+}
+
+/// A scope's budget position.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetStatus {
     /// Settled spend in the current period.
@@ -102,192 +131,200 @@ impl BudgetStatus {
     }
 }
 
-/// One finished request, as the spend log keeps it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpendEntry {
-    pub tenant_id: String,
-    pub key_hash: String,
-    pub model: String,
-    pub deployment: String,
-    pub adapter: Option<String>,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cost: Money,
-    pub status: String,
-}
-
-/// Where budgets are enforced and spend is recorded. Implementations must make `reserve`
-/// atomic with respect to every other `reserve`/`settle`/`release` of the same tenant.
+/// Where budgets are enforced. Implementations must make `reserve` atomic with respect to
+/// every other `reserve`/`settle`/`release` touching the same scopes.
 pub trait Ledger: Send + Sync + 'static {
-    /// Holds `worst` against the tenant's budget, or refuses when spend + holds + `worst` would
-    /// exceed it.
+    /// Holds `worst` against the budget of every scope that has one, or refuses when spend +
+    /// holds + `worst` would exceed any of them (and then holds nothing).
     fn reserve<'a>(
         &'a self,
-        tenant: &'a Tenant,
+        scopes: &'a [Scope],
         worst: Money,
-    ) -> BoxFuture<'a, Result<Hold, BudgetExceeded>>;
+    ) -> BoxFuture<'a, Result<Hold, ReserveError>>;
 
-    /// Replaces `hold` with the entry's actual cost and records the entry.
-    fn settle<'a>(&'a self, tenant: &'a Tenant, hold: Hold, entry: SpendEntry)
-    -> BoxFuture<'a, ()>;
+    /// Replaces `hold` with the actual cost.
+    fn settle<'a>(&'a self, scopes: &'a [Scope], hold: Hold, actual: Money) -> BoxFuture<'a, ()>;
 
     /// Drops `hold` without spending anything.
-    fn release<'a>(&'a self, tenant: &'a Tenant, hold: Hold) -> BoxFuture<'a, ()>;
+    fn release<'a>(&'a self, scopes: &'a [Scope], hold: Hold) -> BoxFuture<'a, ()>;
 
-    /// The tenant's current position.
-    fn status<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, BudgetStatus>;
+    /// The scope's current position.
+    fn status<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, BudgetStatus>;
+
+    /// Seeds the scope's spend in the current period (read from the spend log at start-up or
+    /// when a key is first seen). A shared backend keeps a value another replica already set.
+    fn resume<'a>(&'a self, scope: &'a Scope, spent: Money) -> BoxFuture<'a, ()>;
 }
 
-/// Budgets and spend totals in process memory: one mutex per tenant, held for a few
-/// arithmetic operations and never across an `.await`. Spend rows are not kept (only totals);
-/// the audit log has them.
-#[derive(Debug)]
-pub struct MemoryLedger {
-    tenants: Vec<Mutex<Account>>,
-}
-
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Account {
-    budget: Option<Money>,
-    period: Option<Duration>,
-    period_ends: Option<Instant>,
+    period_start_ms: u64,
     spent: Money,
     reserved: Money,
 }
 
 impl Account {
     /// Starts a new budget period when the current one is over.
-    fn roll(&mut self, now: Instant) {
-        if let (Some(period), Some(ends)) = (self.period, self.period_ends)
-            && now >= ends
-        {
-            let behind = now.duration_since(ends).as_secs_f64() / period.as_secs_f64();
-            let skip = behind.floor() as u32 + 1;
-            self.period_ends = Some(ends + period.saturating_mul(skip));
+    fn roll(&mut self, s: &Scope, now_ms: u64) {
+        let start = s.period_start_ms(now_ms);
+        if start != self.period_start_ms {
+            self.period_start_ms = start;
             self.spent = Money::ZERO;
         }
     }
 }
 
+type Cell = Arc<Mutex<Account>>;
+
+/// Budgets in process memory: one mutex per scope, held for a few integer additions and never
+/// across an `.await`.
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    clock: Clock,
+    accounts: RwLock<HashMap<Arc<str>, Cell>>,
+}
+
+fn lock(c: &Cell) -> std::sync::MutexGuard<'_, Account> {
+    // A poisoned lock only means another thread panicked between two additions; the numbers
+    // are still the best we have, so keep going.
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl MemoryLedger {
-    /// One account per tenant, indexed by [`Tenant::index`]; periods start now.
-    pub fn new(tenants: &[std::sync::Arc<Tenant>]) -> Self {
-        let now = Instant::now();
+    pub fn new(clock: Clock) -> Self {
         Self {
-            tenants: tenants
-                .iter()
-                .map(|t| {
-                    let period = t.config.budget_duration;
-                    Mutex::new(Account {
-                        budget: t.config.max_budget.map(Money::from_f64),
-                        period,
-                        period_ends: period.map(|p| now + p),
-                        spent: Money::ZERO,
-                        reserved: Money::ZERO,
-                    })
-                })
-                .collect(),
+            clock,
+            accounts: RwLock::default(),
         }
     }
 
-    fn with<R>(&self, tenant: &Tenant, f: impl FnOnce(&mut Account) -> R) -> Option<R> {
-        let slot = self.tenants.get(tenant.index)?;
-        // A poisoned lock only means another thread panicked between two additions; the
-        // numbers are still the best we have, so keep going.
-        let mut acct = slot.lock().unwrap_or_else(|e| e.into_inner());
-        acct.roll(Instant::now());
-        Some(f(&mut acct))
+    fn cell(&self, s: &Scope) -> Cell {
+        {
+            let map = self.accounts.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = map.get(&s.id) {
+                return c.clone();
+            }
+        }
+        let now = self.clock.now_ms();
+        let mut map = self.accounts.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(s.id.clone())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Account {
+                    period_start_ms: s.period_start_ms(now),
+                    ..Account::default()
+                }))
+            })
+            .clone()
+    }
+
+    /// Cells of the scopes with a budget, in id order (the lock order).
+    fn budgeted<'s>(&self, scopes: &'s [Scope]) -> Vec<(&'s Scope, Cell)> {
+        let mut v: Vec<(&Scope, Cell)> = scopes
+            .iter()
+            .filter(|s| s.budget.is_some())
+            .map(|s| (s, self.cell(s)))
+            .collect();
+        v.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        v.dedup_by(|a, b| a.0.id == b.0.id);
+        v
     }
 
     /// Synchronous core of [`Ledger::reserve`].
-    pub fn try_reserve(&self, tenant: &Tenant, worst: Money) -> Result<Hold, BudgetExceeded> {
-        let now = Instant::now();
-        self.with(tenant, |a| {
-            if let Some(budget) = a.budget {
-                let after = a.spent.plus(a.reserved).plus(worst);
-                if a.spent >= budget || after > budget {
-                    return Err(BudgetExceeded {
-                        spent: a.spent,
-                        reserved: a.reserved,
-                        budget,
-                        requested: worst,
-                        resets_in: a.period_ends.map(|e| e.saturating_duration_since(now)),
-                    });
-                }
+    pub fn try_reserve(&self, scopes: &[Scope], worst: Money) -> Result<Hold, BudgetExceeded> {
+        let now = self.clock.now_ms();
+        let cells = self.budgeted(scopes);
+        let mut guards: Vec<_> = cells.iter().map(|(_, c)| lock(c)).collect();
+        for ((s, _), a) in cells.iter().zip(guards.iter_mut()) {
+            a.roll(s, now);
+            let Some(budget) = s.budget else { continue };
+            let after = a.spent.plus(a.reserved).plus(worst);
+            if a.spent >= budget || after > budget {
+                return Err(BudgetExceeded {
+                    scope: s.id.clone(),
+                    spent: a.spent,
+                    reserved: a.reserved,
+                    budget,
+                    requested: worst,
+                    resets_in: s.period_left_ms(now).map(Duration::from_millis),
+                });
             }
+        }
+        for a in guards.iter_mut() {
             a.reserved = a.reserved.plus(worst);
-            Ok(Hold { amount: worst })
-        })
-        .unwrap_or(Ok(Hold { amount: worst }))
+        }
+        Ok(Hold::new(worst, 0))
     }
 
-    fn finish(&self, tenant: &Tenant, hold: Hold, actual: Money) {
-        self.with(tenant, |a| {
+    /// Synchronous core of settle/release.
+    pub fn finish(&self, scopes: &[Scope], hold: Hold, actual: Money) {
+        let now = self.clock.now_ms();
+        for (s, c) in self.budgeted(scopes) {
+            let mut a = lock(&c);
+            a.roll(s, now);
             a.reserved = a.reserved.minus(hold.amount).max(Money::ZERO);
             a.spent = a.spent.plus(actual);
-        });
+        }
     }
 
-    fn position(&self, tenant: &Tenant) -> BudgetStatus {
-        self.with(tenant, |a| BudgetStatus {
+    /// Synchronous core of [`Ledger::status`].
+    pub fn position(&self, s: &Scope) -> BudgetStatus {
+        let c = self.cell(s);
+        let mut a = lock(&c);
+        a.roll(s, self.clock.now_ms());
+        BudgetStatus {
             spent: a.spent,
             reserved: a.reserved,
-            budget: a.budget,
-        })
-        .unwrap_or(BudgetStatus {
-            spent: Money::ZERO,
-            reserved: Money::ZERO,
-            budget: None,
-        })
+            budget: s.budget,
+        }
     }
 }
 
 impl Ledger for MemoryLedger {
     fn reserve<'a>(
         &'a self,
-        tenant: &'a Tenant,
+        scopes: &'a [Scope],
         worst: Money,
-    ) -> BoxFuture<'a, Result<Hold, BudgetExceeded>> {
-        Box::pin(std::future::ready(self.try_reserve(tenant, worst)))
+    ) -> BoxFuture<'a, Result<Hold, ReserveError>> {
+        Box::pin(std::future::ready(
+            self.try_reserve(scopes, worst)
+                .map_err(ReserveError::Exceeded),
+        ))
     }
 
-    fn settle<'a>(
-        &'a self,
-        tenant: &'a Tenant,
-        hold: Hold,
-        entry: SpendEntry,
-    ) -> BoxFuture<'a, ()> {
-        self.finish(tenant, hold, entry.cost);
+    fn settle<'a>(&'a self, scopes: &'a [Scope], hold: Hold, actual: Money) -> BoxFuture<'a, ()> {
+        self.finish(scopes, hold, actual);
         Box::pin(std::future::ready(()))
     }
 
-    fn release<'a>(&'a self, tenant: &'a Tenant, hold: Hold) -> BoxFuture<'a, ()> {
-        self.finish(tenant, hold, Money::ZERO);
+    fn release<'a>(&'a self, scopes: &'a [Scope], hold: Hold) -> BoxFuture<'a, ()> {
+        self.finish(scopes, hold, Money::ZERO);
         Box::pin(std::future::ready(()))
     }
 
-    fn status<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, BudgetStatus> {
-        Box::pin(std::future::ready(self.position(tenant)))
+    fn status<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, BudgetStatus> {
+        Box::pin(std::future::ready(self.position(scope)))
+    }
+
+    fn resume<'a>(&'a self, scope: &'a Scope, spent: Money) -> BoxFuture<'a, ()> {
+        let c = self.cell(scope);
+        let mut a = lock(&c);
+        a.roll(scope, self.clock.now_ms());
+        a.spent = spent;
+        drop(a);
+        Box::pin(std::future::ready(()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tenant::tests::tenant_with;
 
-    fn entry(cost: Money) -> SpendEntry {
-        SpendEntry {
-            tenant_id: "t".into(),
-            key_hash: String::new(),
-            model: "m".into(),
-            deployment: "d".into(),
-            adapter: None,
-            prompt_tokens: 1,
-            completion_tokens: 1,
-            cost,
-            status: "ok".into(),
-        }
+    fn budget(b: f64, period: Option<Duration>) -> [Scope; 1] {
+        [Scope {
+            budget: Some(Money::from_f64(b)),
+            budget_period: period,
+            ..Scope::unlimited("tenant:t")
+        }]
     }
 
     #[test]
@@ -302,17 +339,17 @@ mod tests {
     #[tokio::test]
     async fn racing_reservations_never_exceed_the_budget() {
         // Budget 0.010, each request reserves 0.004: two fit, the third does not (issue 3 case 1).
-        let t = tenant_with(|c| c.max_budget = Some(0.010));
-        let ledger = MemoryLedger::new(std::slice::from_ref(&t));
+        let t = budget(0.010, None);
+        let ledger = MemoryLedger::new(Clock::new());
         let holds: Vec<_> = (0..10)
             .map(|_| ledger.try_reserve(&t, Money::from_f64(0.004)))
             .collect();
         let ok = holds.iter().filter(|h| h.is_ok()).count();
         assert_eq!(ok, 2);
         for h in holds.into_iter().flatten() {
-            ledger.settle(&t, h, entry(Money::from_f64(0.0035))).await;
+            ledger.settle(&t, h, Money::from_f64(0.0035)).await;
         }
-        let s = ledger.status(&t).await;
+        let s = ledger.status(&t[0]).await;
         assert_eq!(s.spent, Money::from_f64(0.007));
         assert_eq!(s.reserved, Money::ZERO);
         // 0.003 left: a 0.004 worst case is refused, a 0.002 one fits.
@@ -322,8 +359,8 @@ mod tests {
 
     #[tokio::test]
     async fn release_returns_the_hold() {
-        let t = tenant_with(|c| c.max_budget = Some(1.0));
-        let ledger = MemoryLedger::new(std::slice::from_ref(&t));
+        let t = budget(1.0, None);
+        let ledger = MemoryLedger::new(Clock::new());
         let h = ledger.try_reserve(&t, Money::from_f64(0.9));
         assert!(ledger.try_reserve(&t, Money::from_f64(0.2)).is_err());
         if let Ok(h) = h {
@@ -332,21 +369,34 @@ mod tests {
         assert!(ledger.try_reserve(&t, Money::from_f64(0.2)).is_ok());
     }
 
+    #[tokio::test]
+    async fn a_refusal_by_one_scope_holds_nothing_in_the_other() {
+        let tenant = Scope {
+            budget: Some(Money::from_f64(1.0)),
+            ..Scope::unlimited("tenant:t")
+        };
+        let key = Scope {
+            budget: Some(Money::from_f64(0.1)),
+            ..Scope::unlimited("key:k")
+        };
+        let ledger = MemoryLedger::new(Clock::new());
+        let both = [tenant.clone(), key];
+        let refused = ledger.try_reserve(&both, Money::from_f64(0.5)).err();
+        assert_eq!(refused.map(|e| e.scope), Some("key:k".into()));
+        assert_eq!(ledger.position(&tenant).reserved, Money::ZERO);
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn budget_resets_each_period() {
-        let t = tenant_with(|c| {
-            c.max_budget = Some(1.0);
-            c.budget_duration = Some(Duration::from_secs(3600));
-        });
-        let ledger = MemoryLedger::new(std::slice::from_ref(&t));
-        if let Ok(h) = ledger.try_reserve(&t, Money::from_f64(1.0)) {
-            ledger.settle(&t, h, entry(Money::from_f64(1.0))).await;
-        }
+    async fn budget_resets_each_period_and_resumes_from_the_spend_log() {
+        let t = budget(1.0, Some(Duration::from_secs(3600)));
+        let ledger = MemoryLedger::new(Clock::new());
+        // What a restart reads back from the spend log for the current period.
+        ledger.resume(&t[0], Money::from_f64(0.95)).await;
         let refused = ledger.try_reserve(&t, Money::from_f64(0.1));
         let resets = refused.err().and_then(|e| e.resets_in);
         assert!(resets.is_some_and(|d| d <= Duration::from_secs(3600)));
         tokio::time::advance(Duration::from_secs(3601)).await;
         assert!(ledger.try_reserve(&t, Money::from_f64(0.1)).is_ok());
-        assert_eq!(ledger.status(&t).await.spent, Money::ZERO);
+        assert_eq!(ledger.status(&t[0]).await.spent, Money::ZERO);
     }
 }

@@ -11,8 +11,12 @@
 //! OpenAI-shaped responses in one place ([`error`]); response headers are listed in
 //! [`headers`].
 //!
-//! State is in process memory for now: limits and budgets are per router process. The
-//! [`limiter::Limiter`] and [`ledger::Ledger`] traits are the seams for shared backends.
+//! Every served request leaves a durable row in the spend log ([`store`]: SQLite by default,
+//! PostgreSQL with `general_settings.database_url`) before its last byte is released, and
+//! budgets resume from it on restart. Limits and budget holds live in process memory
+//! ([`limiter::MemoryLimiter`], [`ledger::MemoryLedger`]) or, with a Redis URL, in Redis
+//! ([`redis_state`]) so that several router processes enforce one allowance. Keys can be made
+//! and managed through LiteLLM's admin API under the master key.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,8 +29,10 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 pub mod audit;
 pub mod balancer;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod headers;
@@ -35,8 +41,11 @@ pub mod ledger;
 pub mod limiter;
 pub mod metrics;
 mod proxy;
+pub mod redis_state;
 pub mod relay;
+pub mod scope;
 mod server;
+pub mod store;
 pub mod tenant;
 pub mod upstream;
 
@@ -51,8 +60,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ConfigError, RouterConfig};
 pub use error::ApiError;
 
-use crate::audit::AuditWriter;
-use crate::server::AppState;
+use crate::server::{AppState, Writers};
 
 /// Failures of the server itself (not of a request).
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +77,10 @@ pub enum RouterError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the spend database: {0}")]
+    Store(String),
+    #[error("cannot connect to redis: {0}")]
+    Redis(String),
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(#[source] reqwest::Error),
     #[error("the server failed: {0}")]
@@ -84,14 +96,14 @@ pub async fn serve(
     cfg: RouterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RouterError> {
-    let (state, writer) = AppState::build(cfg).await?;
-    serve_state(listener, state, writer, shutdown).await
+    let (state, writers) = AppState::build(cfg).await?;
+    serve_state(listener, state, writers, shutdown).await
 }
 
 async fn serve_state(
     listener: TcpListener,
     state: Arc<AppState>,
-    writer: Option<AuditWriter>,
+    writers: Writers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RouterError> {
     let tasks = state.tasks.clone();
@@ -109,9 +121,11 @@ async fn serve_state(
     .map_err(RouterError::Serve)?;
     tasks.close();
     tasks.wait().await;
-    // The last AuditLog sender lives in the state; dropping it lets the writer drain and stop.
+    // The last AuditLog and SpendLog senders live in the state; dropping it lets the writers
+    // drain and stop.
     drop(state);
-    if let Some(w) = writer {
+    writers.spend.finish().await;
+    if let Some(w) = writers.audit {
         w.finish().await.map_err(|source| RouterError::Audit {
             path: "(audit log)".into(),
             source,
@@ -135,7 +149,7 @@ pub async fn run(
             source,
         })?;
     let local = listener.local_addr().map_err(RouterError::Serve)?;
-    tracing::info!(%local, tenants = cfg.tenants.len(), groups = cfg.groups.len(), "router listening; limits and budgets are kept per process (in memory)");
+    tracing::info!(%local, tenants = cfg.tenants.len(), groups = cfg.groups.len(), "router listening");
     serve(listener, cfg, shutdown).await
 }
 
@@ -177,11 +191,11 @@ pub async fn spawn(
             source,
         })?;
     let addr = listener.local_addr().map_err(RouterError::Serve)?;
-    let (state, writer) = AppState::build(cfg).await?;
+    let (state, writers) = AppState::build(cfg).await?;
     let join = tokio::spawn(serve_state(
         listener,
         state,
-        writer,
+        writers,
         shutdown.cancelled_owned(),
     ));
     Ok(RouterHandle { addr, join })

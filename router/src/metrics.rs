@@ -2,10 +2,17 @@
 //!
 //! Every series is preallocated from the config (tenants × models × status codes), so
 //! recording is a handful of relaxed atomic adds with no lock and no allocation, and label
-//! cardinality is bounded by the config: requests with an unknown or missing key count under
-//! `tenant="_unauthenticated"`, the master key under `tenant="_master"` (tenant ids cannot start
-//! with `_`), and unknown models under `model="_unknown"`. Zero-valued request/outcome series
-//! are left out of the output to keep scrapes small.
+//! cardinality is bounded: the first `metrics_max_tenants` tenants of the config get their own
+//! `tenant` label, the rest share `tenant="other"`; requests with an unknown or missing key count
+//! under `tenant="_unauthenticated"`, the master key under `tenant="_master"` (tenant ids cannot
+//! start with `_`), and unknown models under `model="_unknown"`. Zero-valued request/outcome
+//! series are left out of the output to keep scrapes small.
+//!
+//! For dashboards built for LiteLLM, the same numbers are also exported under LiteLLM's names
+//! where it has one, with the tenant as LiteLLM's `team` label:
+//! `litellm_proxy_total_requests_metric`, `litellm_spend_metric`,
+//! `litellm_remaining_team_budget_metric`, `litellm_overhead_latency_metric` and
+//! `litellm_llm_api_time_to_first_token_metric` (histograms).
 //!
 //! Names (prefix `tenantbench_router_`): `requests_total{tenant,model,code}`,
 //! `request_outcomes_total{tenant,outcome}`, `tokens_total{tenant,direction}` (`prompt` /
@@ -140,8 +147,12 @@ impl Series {
 #[derive(Debug)]
 pub struct Metrics {
     models: Vec<String>,
+    /// Labelled tenants, then `other`, `_master`, `_unauthenticated`.
     series: Vec<Series>,
-    tenants: usize,
+    /// Tenants with a label of their own.
+    labelled: usize,
+    /// For each config tenant, the series it counts under.
+    slot: Vec<usize>,
 }
 
 fn escape(v: &str) -> String {
@@ -151,31 +162,38 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
-    /// Series for each tenant id and model group name, plus `_master`, `_unauthenticated` and
-    /// `_unknown`.
-    pub fn new(tenant_ids: &[&str], models: &[&str]) -> Self {
+    /// Series for the first `max_tenants` tenant ids and each model group name, plus
+    /// `other`, `_master`, `_unauthenticated` and `_unknown`.
+    pub fn new(tenant_ids: &[&str], models: &[&str], max_tenants: usize) -> Self {
         let mut names: Vec<String> = models.iter().map(|m| escape(m)).collect();
         names.push("_unknown".into());
-        let mut series: Vec<Series> = tenant_ids
+        let labelled = tenant_ids.len().min(max_tenants);
+        let mut series: Vec<Series> = tenant_ids[..labelled]
             .iter()
             .map(|t| Series::new(escape(t), names.len()))
             .collect();
+        series.push(Series::new("other".into(), names.len()));
         series.push(Series::new("_master".into(), names.len()));
         series.push(Series::new("_unauthenticated".into(), names.len()));
+        let slot = (0..tenant_ids.len()).map(|i| i.min(labelled)).collect();
         Self {
             models: names,
             series,
-            tenants: tenant_ids.len(),
+            labelled,
+            slot,
+        }
+    }
+
+    fn index(&self, who: Who) -> usize {
+        match who {
+            Who::Tenant(i) => self.slot.get(i).copied().unwrap_or(self.labelled + 2),
+            Who::Master => self.labelled + 1,
+            Who::Anonymous => self.labelled + 2,
         }
     }
 
     fn series(&self, who: Who) -> Option<&Series> {
-        let i = match who {
-            Who::Tenant(i) if i < self.tenants => i,
-            Who::Tenant(_) | Who::Anonymous => self.tenants + 1,
-            Who::Master => self.tenants,
-        };
-        self.series.get(i)
+        self.series.get(self.index(who))
     }
 
     /// Counts a finished request. `model` indexes the config's groups (`None`: unknown).
@@ -221,8 +239,16 @@ impl Metrics {
         s.rejections[i].fetch_add(1, Relaxed);
     }
 
-    /// The exposition text. `budgets[i]` is tenant `i`'s budget position.
+    /// The exposition text. `budgets[i]` is config tenant `i`'s budget position.
     pub fn render(&self, budgets: &[BudgetStatus]) -> String {
+        // Remaining budget per series: tenants folded into `other` add up.
+        let mut remaining: Vec<Option<f64>> = vec![None; self.series.len()];
+        for (i, b) in budgets.iter().enumerate() {
+            if let (Some(r), Some(&slot)) = (b.remaining(), self.slot.get(i)) {
+                let cur = remaining[slot].unwrap_or(0.0);
+                remaining[slot] = Some(cur + r.as_f64());
+            }
+        }
         let mut out = String::with_capacity(16 * 1024);
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {PREFIX}{name} {help}");
@@ -306,13 +332,12 @@ impl Metrics {
             "gauge",
             "Budget left in the current period after spend and in-flight holds.",
         );
-        for (s, b) in self.series.iter().zip(budgets) {
-            if let Some(r) = b.remaining() {
+        for (s, r) in self.series.iter().zip(&remaining) {
+            if let Some(r) = r {
                 let _ = writeln!(
                     out,
-                    "{PREFIX}remaining_budget{{tenant=\"{}\"}} {}",
-                    s.label,
-                    r.as_f64()
+                    "{PREFIX}remaining_budget{{tenant=\"{}\"}} {r}",
+                    s.label
                 );
             }
         }
@@ -322,7 +347,7 @@ impl Metrics {
             "counter",
             "Requests refused by a tenant limit or budget.",
         );
-        for s in &self.series[..self.tenants] {
+        for s in &self.series[..=self.labelled] {
             for (name, c) in REJECTIONS.iter().zip(&s.rejections) {
                 let _ = writeln!(
                     out,
@@ -359,7 +384,81 @@ impl Metrics {
                 h.render(&mut out, name, &s.label);
             }
         }
+        self.render_litellm(&mut out, &remaining);
         out
+    }
+
+    /// The LiteLLM-named copies (label `team` = tenant).
+    fn render_litellm(&self, out: &mut String, remaining: &[Option<f64>]) {
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+        head(
+            out,
+            "litellm_proxy_total_requests_metric",
+            "counter",
+            "Requests made to the proxy (LiteLLM name).",
+        );
+        for s in &self.series {
+            let total: u64 = s.requests.iter().flatten().map(|c| c.load(Relaxed)).sum();
+            let _ = writeln!(
+                out,
+                "litellm_proxy_total_requests_metric{{team=\"{}\"}} {total}",
+                s.label
+            );
+        }
+        head(
+            out,
+            "litellm_spend_metric",
+            "counter",
+            "Spend (LiteLLM name).",
+        );
+        for s in &self.series {
+            let v = s.spend_nanos.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "litellm_spend_metric{{team=\"{}\"}} {v}", s.label);
+        }
+        head(
+            out,
+            "litellm_remaining_team_budget_metric",
+            "gauge",
+            "Remaining budget of the team, i.e. the tenant (LiteLLM name).",
+        );
+        for (s, r) in self.series.iter().zip(remaining) {
+            if let Some(r) = r {
+                let _ = writeln!(
+                    out,
+                    "litellm_remaining_team_budget_metric{{team=\"{}\"}} {r}",
+                    s.label
+                );
+            }
+        }
+        for (name, help, ttft) in [
+            (
+                "litellm_overhead_latency_metric",
+                "Router overhead in seconds (LiteLLM name).",
+                false,
+            ),
+            (
+                "litellm_llm_api_time_to_first_token_metric",
+                "Time to first token in seconds (LiteLLM name).",
+                true,
+            ),
+        ] {
+            head(out, name, "histogram", help);
+            for s in &self.series {
+                let h = if ttft { &s.ttft } else { &s.overhead };
+                let mut text = String::new();
+                h.render(&mut text, "", &s.label);
+                // Reuse the histogram's lines with LiteLLM's name and label.
+                for line in text.lines() {
+                    let line = line
+                        .replacen(PREFIX, name, 1)
+                        .replacen("{tenant=", "{team=", 1);
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
     }
 }
 
@@ -369,7 +468,7 @@ mod tests {
 
     #[test]
     fn render_has_per_tenant_series() {
-        let m = Metrics::new(&["a", "b"], &["chat-fast"]);
+        let m = Metrics::new(&["a", "b"], &["chat-fast"], 10);
         let rec = AuditRecord {
             status: 200,
             prompt_tokens: 10,
@@ -405,5 +504,29 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
         assert!(!text.contains("tenant=\"a\",model=\"chat-fast\",code=\"200\""));
+    }
+
+    #[test]
+    fn tenants_beyond_the_cap_are_labelled_other() {
+        let m = Metrics::new(&["a", "b", "c"], &["chat-fast"], 1);
+        let rec = AuditRecord {
+            status: 200,
+            cost: 0.5,
+            ..Default::default()
+        };
+        m.observe(Who::Tenant(1), Some(0), &rec);
+        m.observe(Who::Tenant(2), Some(0), &rec);
+        m.refused(Who::Tenant(2), Refusal::Budget);
+        let text = m.render(&[]);
+        assert!(text.contains(
+            "tenantbench_router_requests_total{tenant=\"other\",model=\"chat-fast\",code=\"200\"} 2"
+        ));
+        assert!(text.contains("tenantbench_router_spend_total{tenant=\"other\"} 1"));
+        assert!(text.contains("litellm_spend_metric{team=\"other\"} 1"));
+        assert!(text.contains(
+            "tenantbench_router_rate_limit_rejections_total{tenant=\"other\",limit=\"budget\"} 1"
+        ));
+        assert!(!text.contains("tenant=\"b\"") && !text.contains("tenant=\"c\""));
+        assert!(text.contains("litellm_overhead_latency_metric_count{team=\"a\"} 0"));
     }
 }

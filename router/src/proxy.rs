@@ -10,8 +10,11 @@
 //! 6. attempts: a deployment of the group (retries: another one), then each fallback group,
 //!    each time with the tenant's adapter for that group, until one answers 2xx;
 //! 7. the answer: a non-streamed body is forwarded whole; a stream is relayed event by event;
-//! 8. settlement: usage replaces the TPM estimate and the budget hold, then one audit line and
-//!    the metrics.
+//! 8. settlement: the spend row is committed to the spend log *before the last byte is
+//!    released* (the whole body of a non-streamed answer; the `[DONE]` event of a stream), then
+//!    usage replaces the TPM estimate and the budget hold, then one audit line and the metrics.
+//!    So a response the client saw complete always has its row on disk, even if the router is
+//!    killed the next instant.
 //!
 //! Each exchange runs on its own task (tracked, so shutdown waits for it) and hands the response
 //! head to the connection through a oneshot channel. If the client disconnects, the connection
@@ -40,11 +43,13 @@ use crate::balancer::Group;
 use crate::config::Deployment;
 use crate::error::ApiError;
 use crate::headers;
-use crate::ledger::{Hold, Money, SpendEntry};
-use crate::limiter::{Allowance, Grant, ParallelSlot};
+use crate::ledger::{Hold, Money, ReserveError};
+use crate::limiter::{Allowance, Grant, ParallelSlot, Refused};
 use crate::metrics::{Refusal, Who};
 use crate::relay::Tally;
+use crate::scope::Scope;
 use crate::server::AppState;
+use crate::store::SpendRow;
 use crate::tenant::Principal;
 use crate::upstream::{self, UpstreamError};
 
@@ -95,6 +100,8 @@ pub(crate) async fn handle(state: Arc<AppState>, endpoint: Endpoint, req: Reques
 /// A request that passed every check up to admission.
 struct Prepared {
     principal: Principal,
+    /// What admission checks: the tenant, and the key when it has limits of its own.
+    scopes: Vec<Scope>,
     group: usize,
     /// The client's JSON object; `model` is overwritten per attempt.
     body: Map<String, Value>,
@@ -199,18 +206,14 @@ impl Exchange {
         let admission = match self.admit(&prepared).await {
             Ok(a) => a,
             Err(e) => {
-                return self
-                    .refuse(e, prepared.principal.tenant().cloned(), reply)
-                    .await;
+                return self.refuse(e, Some(prepared.scopes.clone()), reply).await;
             }
         };
         let (served, answer) = match self.dispatch(&mut prepared, &mut reply).await {
             Ok(s) => s,
             Err(e) => {
                 self.release(&prepared, admission).await;
-                return self
-                    .refuse(e, prepared.principal.tenant().cloned(), reply)
-                    .await;
+                return self.refuse(e, Some(prepared.scopes.clone()), reply).await;
             }
         };
         self.rec.stream = prepared.stream;
@@ -243,7 +246,7 @@ impl Exchange {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::BodyTooLarge { limit });
         }
-        let principal = self.authenticate(&parts.headers)?;
+        let principal = self.authenticate(&parts.headers).await?;
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
             if is_length_limit(&e) {
                 ApiError::BodyTooLarge { limit }
@@ -308,8 +311,10 @@ impl Exchange {
                 o.insert("include_usage".into(), Value::Bool(true));
             }
         }
+        let scopes = principal.key().map(|k| k.scopes()).unwrap_or_default();
         Ok(Prepared {
             principal,
+            scopes,
             group,
             body,
             stream,
@@ -320,14 +325,13 @@ impl Exchange {
         })
     }
 
-    fn authenticate(&mut self, h: &HeaderMap) -> Result<Principal, ApiError> {
-        let (hash, principal) = self.state.directory.authenticate(h)?;
-        let principal = principal.clone();
+    async fn authenticate(&mut self, h: &HeaderMap) -> Result<Principal, ApiError> {
+        let (hash, principal) = self.state.authenticate(h).await?;
         self.rec.key_hash = Some(hash.to_hex());
         match &principal {
-            Principal::Tenant(t) => {
-                self.rec.tenant_id = Some(t.id().to_string());
-                self.who = Who::Tenant(t.index);
+            Principal::Key(k) => {
+                self.rec.tenant_id = Some(k.tenant.id().to_string());
+                self.who = Who::Tenant(k.tenant.index);
             }
             Principal::Master => {
                 self.rec.tenant_id = Some("_master".into());
@@ -340,9 +344,9 @@ impl Exchange {
     // ---- 5: admission ------------------------------------------------------------------
 
     async fn admit(&mut self, p: &Prepared) -> Result<Admission, ApiError> {
-        let Some(tenant) = p.principal.tenant() else {
+        if p.principal.tenant().is_none() {
             return Ok(Admission::default());
-        };
+        }
         let Some(group) = self.state.balancer.group(p.group) else {
             return Err(ApiError::Internal("group index out of range".into()));
         };
@@ -352,18 +356,22 @@ impl Exchange {
             group.max_input_price,
             group.max_output_price,
         );
-        let hold = match self.state.ledger.reserve(tenant, worst).await {
+        let hold = match self.state.ledger.reserve(&p.scopes, worst).await {
             Ok(h) => h,
-            Err(detail) => {
+            Err(ReserveError::Exceeded(detail)) => {
                 self.state.metrics.refused(self.who, Refusal::Budget);
                 return Err(ApiError::BudgetExceeded {
                     detail: Box::new(detail),
                     status: self.state.settings.budget_exceeded_status,
                 });
             }
+            Err(ReserveError::Backend(e)) => {
+                tracing::error!(error = %e, "budget backend unavailable");
+                return Err(ApiError::StateUnavailable(e));
+            }
         };
         let tokens = p.prompt_estimate + p.completion_estimate;
-        match self.state.limiter.admit(tenant, tokens).await {
+        match self.state.limiter.admit(&p.scopes, tokens).await {
             Ok(grant) => {
                 self.allowance = Some(grant.allowance);
                 Ok(Admission {
@@ -371,27 +379,29 @@ impl Exchange {
                     grant: Some(grant),
                 })
             }
-            Err(rejection) => {
-                self.state.ledger.release(tenant, hold).await;
+            Err(Refused::Limit(rejection)) => {
+                self.state.ledger.release(&p.scopes, hold).await;
                 self.state
                     .metrics
                     .refused(self.who, Refusal::Limit(rejection.kind));
                 self.allowance = Some(rejection.allowance);
                 Err(ApiError::RateLimited(Box::new(rejection)))
             }
+            Err(Refused::Backend(e)) => {
+                self.state.ledger.release(&p.scopes, hold).await;
+                tracing::error!(error = %e, "limits backend unavailable");
+                Err(ApiError::StateUnavailable(e))
+            }
         }
     }
 
     /// Gives back what admission took when nothing was served.
     async fn release(&self, p: &Prepared, a: Admission) {
-        let Some(tenant) = p.principal.tenant() else {
-            return;
-        };
         if let Some(h) = a.hold {
-            self.state.ledger.release(tenant, h).await;
+            self.state.ledger.release(&p.scopes, h).await;
         }
         if let Some(g) = a.grant {
-            self.state.limiter.reconcile(tenant, g.tokens, 0).await;
+            self.state.limiter.reconcile(&p.scopes, g.tokens, 0).await;
         }
     }
 
@@ -567,18 +577,23 @@ impl Exchange {
         if let Some(o) = self.rec.overhead_ms.as_mut() {
             *o += ms(served.answered.elapsed());
         }
-        let delivered = reply.send(resp).is_ok();
-        let elapsed = ms(self.arrived.elapsed());
-        self.rec.ttft_ms = Some(elapsed);
-        self.rec.e2e_ms = elapsed;
-        let outcome = if delivered {
-            Outcome::Ok
-        } else {
+        let mut outcome = if reply.is_closed() {
             Outcome::ClientAborted
+        } else {
+            Outcome::Ok
         };
         let Admission { hold, grant } = admission;
         let reserved = grant.as_ref().map(|g| g.tokens);
-        self.settle(&p, hold, reserved, &dep, bill, outcome).await;
+        // The row is committed before the body is handed over (see the module docs).
+        self.account(&p, hold, reserved, &dep, bill, outcome).await;
+        if reply.send(resp).is_err() {
+            outcome = Outcome::ClientAborted;
+        }
+        let elapsed = ms(self.arrived.elapsed());
+        self.rec.ttft_ms = Some(elapsed);
+        self.rec.e2e_ms = elapsed;
+        self.rec.outcome = outcome;
+        self.record().await;
         // The parallel slot (in `grant`) is held until the response was handed over.
         drop(grant);
     }
@@ -610,6 +625,9 @@ impl Exchange {
         self.success_headers(h);
         let mut tally = Tally::default();
         let mut outcome = Outcome::Ok;
+        // `[DONE]` is the last byte of a complete stream: it is held back until the spend row
+        // is committed.
+        let mut done_event: Option<Bytes> = None;
         if reply.send(out).is_err() {
             outcome = Outcome::ClientAborted;
         } else {
@@ -643,8 +661,12 @@ impl Exchange {
                 };
                 let now = Instant::now();
                 for ev in parser.push(&bytes) {
-                    if tally.inspect(&ev, p.strip_usage, now) && tx.send(Ok(ev.raw)).await.is_err()
-                    {
+                    let forward = tally.inspect(&ev, p.strip_usage, now);
+                    if ev.is_done() {
+                        done_event = Some(ev.raw);
+                        continue;
+                    }
+                    if forward && tx.send(Ok(ev.raw)).await.is_err() {
                         outcome = Outcome::ClientAborted;
                         break 'read;
                     }
@@ -653,7 +675,6 @@ impl Exchange {
             // Leaving the loop drops the upstream body; on an abort that closes the upstream
             // connection, which is how vLLM learns to stop generating.
         }
-        drop(tx);
         if outcome == Outcome::Ok {
             if tally.error_event {
                 outcome = Outcome::StreamError;
@@ -662,14 +683,24 @@ impl Exchange {
             }
         }
         self.rec.ttft_ms = tally.first_token.map(|t| ms(t - self.arrived));
-        self.rec.e2e_ms = ms(self.arrived.elapsed());
         let bill = Bill::new(tally.billed(p.prompt_estimate), &dep);
-        self.settle(&p, hold, reserved, &dep, bill, outcome).await;
+        self.account(&p, hold, reserved, &dep, bill, outcome).await;
+        if let Some(done) = done_event
+            && outcome != Outcome::ClientAborted
+            && tx.send(Ok(done)).await.is_err()
+        {
+            outcome = Outcome::ClientAborted;
+        }
+        drop(tx);
+        self.rec.e2e_ms = ms(self.arrived.elapsed());
+        self.rec.outcome = outcome;
+        self.record().await;
     }
 
-    /// Replaces the admission estimates with what was billed, then records the request.
-    async fn settle(
-        mut self,
+    /// Commits the spend row (waiting for the database), then replaces the admission
+    /// estimates with what was billed. The caller releases the last byte and then records.
+    async fn account(
+        &mut self,
         p: &Prepared,
         hold: Option<Hold>,
         reserved_tokens: Option<u64>,
@@ -677,27 +708,35 @@ impl Exchange {
         bill: Bill,
         outcome: Outcome,
     ) {
-        if let Some(tenant) = p.principal.tenant() {
-            if let Some(reserved) = reserved_tokens {
-                self.state
-                    .limiter
-                    .reconcile(tenant, reserved, bill.prompt + bill.completion)
-                    .await;
-            }
-            if let Some(hold) = hold {
-                let entry = SpendEntry {
-                    tenant_id: tenant.id().to_string(),
-                    key_hash: self.rec.key_hash.clone().unwrap_or_default(),
-                    model: self.rec.model.clone().unwrap_or_default(),
-                    deployment: dep.id.clone(),
-                    adapter: self.rec.adapter.clone(),
-                    prompt_tokens: bill.prompt,
-                    completion_tokens: bill.completion,
-                    cost: bill.cost,
-                    status: outcome.as_str().to_string(),
-                };
-                self.state.ledger.settle(tenant, hold, entry).await;
-            }
+        let (tenant_id, key_alias) = match &p.principal {
+            Principal::Key(k) => (k.tenant.id().to_string(), k.record.key_alias.clone()),
+            Principal::Master => ("_master".to_string(), None),
+        };
+        let row = SpendRow {
+            request_id: format!("{:032x}", rand::random::<u128>()),
+            ts_ms: self.rec.ts_ms,
+            tenant_id,
+            key_hash: self.rec.key_hash.clone().unwrap_or_default(),
+            key_alias,
+            model: self.rec.model.clone().unwrap_or_default(),
+            deployment: dep.id.clone(),
+            adapter: self.rec.adapter.clone(),
+            prompt_tokens: bill.prompt,
+            completion_tokens: bill.completion,
+            cost: bill.cost,
+            status: outcome.as_str().to_string(),
+        };
+        if !self.state.spend.record(row).await {
+            tracing::error!("a spend row was not committed; the audit log still has the request");
+        }
+        if let Some(reserved) = reserved_tokens {
+            self.state
+                .limiter
+                .reconcile(&p.scopes, reserved, bill.prompt + bill.completion)
+                .await;
+        }
+        if let Some(hold) = hold {
+            self.state.ledger.settle(&p.scopes, hold, bill.cost).await;
         }
         self.rec.prompt_tokens = bill.prompt;
         self.rec.completion_tokens = bill.completion;
@@ -705,7 +744,6 @@ impl Exchange {
         self.rec.cost = bill.cost.as_f64();
         self.rec.status = 200;
         self.rec.outcome = outcome;
-        self.record().await;
     }
 
     /// Answers with an error (the single place errors become responses is
@@ -713,13 +751,13 @@ impl Exchange {
     async fn refuse(
         mut self,
         e: ApiError,
-        tenant: Option<Arc<crate::tenant::Tenant>>,
+        scopes: Option<Vec<Scope>>,
         reply: oneshot::Sender<Response>,
     ) {
         if self.allowance.is_none()
-            && let Some(t) = &tenant
+            && let Some(s) = scopes.filter(|s| !s.is_empty())
         {
-            self.allowance = Some(self.state.limiter.allowance(t).await);
+            self.allowance = Some(self.state.limiter.allowance(&s).await);
         }
         self.rec.status = e.status().as_u16();
         self.rec.outcome = e.outcome();

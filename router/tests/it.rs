@@ -12,10 +12,18 @@ mod audit_metrics;
 mod auth;
 #[path = "it/config_files.rs"]
 mod config_files;
+#[path = "it/keys.rs"]
+mod keys;
+#[path = "it/ledger.rs"]
+mod ledger;
+#[path = "it/replicas.rs"]
+mod replicas;
 #[path = "it/requests.rs"]
 mod requests;
 #[path = "it/routing.rs"]
 mod routing;
+#[path = "it/services.rs"]
+mod services;
 #[path = "it/simulator.rs"]
 mod simulator;
 #[path = "it/streaming.rs"]

@@ -69,11 +69,20 @@ async fn mock_vllm_serves_the_base_model_and_adapters_with_vllms_flags() {
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&client, &format!("{base}/health")).await;
-    let models: serde_json::Value =
-        client.get(format!("{base}/v1/models")).send().await.unwrap_or_else(|e| panic!("{e}")).json().await.unwrap_or_default();
+    let models: serde_json::Value = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
     let data = models["data"].as_array().cloned().unwrap_or_default();
     let ids: Vec<&str> = data.iter().filter_map(|m| m["id"].as_str()).collect();
-    assert!(ids.contains(&"mistral-7b-instruct") && ids.contains(&"acme") && ids.contains(&"globex"), "{models}");
+    assert!(
+        ids.contains(&"mistral-7b-instruct") && ids.contains(&"acme") && ids.contains(&"globex"),
+        "{models}"
+    );
     for m in &data {
         if m["id"] == "acme" {
             assert_eq!(m["parent"], "mistral-7b-instruct");
@@ -82,7 +91,12 @@ async fn mock_vllm_serves_the_base_model_and_adapters_with_vllms_flags() {
     // A streamed chat completion for an adapter, with usage.
     let body = serde_json::json!({"model": "acme", "messages": [{"role": "user", "content": "hello"}],
         "max_tokens": 5, "stream": true, "stream_options": {"include_usage": true}});
-    let resp = client.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap_or_else(|e| panic!("{e}"));
+    let resp = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap_or_default();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
@@ -100,12 +114,24 @@ async fn mock_vllm_serves_the_base_model_and_adapters_with_vllms_flags() {
 #[test]
 fn mock_vllm_refuses_to_start_when_the_weights_do_not_fit() {
     let out = crate::common::tenantbench(
-        &["mock-vllm", "qwen2.5-32b-instruct", "--gpu", "rtx-4090", "--dtype", "bfloat16", "--port", "0"],
+        &[
+            "mock-vllm",
+            "qwen2.5-32b-instruct",
+            "--gpu",
+            "rtx-4090",
+            "--dtype",
+            "bfloat16",
+            "--port",
+            "0",
+        ],
         &root(),
     );
     assert!(!out.status.success(), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("GiB") && t.contains("rtx-4090"), "says what does not fit and by how much: {t}");
+    assert!(
+        t.contains("GiB") && t.contains("rtx-4090"),
+        "says what does not fit and by how much: {t}"
+    );
 }
 
 #[test]
@@ -114,7 +140,16 @@ fn router_refuses_a_bad_config_naming_file_and_field() {
     let path = dir.path().join("config.yaml");
     let yaml = "model_list:\n  - model_name: chat-fast\n    litellm_params:\n      model: hosted_vllm/m\n      api_base: \"http://127.0.0.1:9/v1\"\ntenants:\n  - id: acme\n    keys: [sk-acme]\n    rpm_limit: -5\n";
     std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{e}"));
-    let out = crate::common::tenantbench(&["router", "--config", path.to_str().unwrap_or_default(), "--port", "0"], dir.path());
+    let out = crate::common::tenantbench(
+        &[
+            "router",
+            "--config",
+            path.to_str().unwrap_or_default(),
+            "--port",
+            "0",
+        ],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = text(&out);
     assert!(t.contains("config.yaml") && t.contains("rpm_limit"), "{t}");
@@ -124,8 +159,15 @@ fn router_refuses_a_bad_config_naming_file_and_field() {
 async fn router_binary_fronts_mock_vllm_with_keys_and_openai_errors() {
     let vllm_port = free_port();
     let _vllm = start(&[
-        "mock-vllm", "mistral-7b-instruct", "--port", &vllm_port.to_string(), "--enable-lora",
-        "--lora-modules", "acme-fast=/a", "--max-loras", "2",
+        "mock-vllm",
+        "mistral-7b-instruct",
+        "--port",
+        &vllm_port.to_string(),
+        "--enable-lora",
+        "--lora-modules",
+        "acme-fast=/a",
+        "--max-loras",
+        "2",
     ]);
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let config = dir.path().join("config.yaml");
@@ -134,7 +176,13 @@ async fn router_binary_fronts_mock_vllm_with_keys_and_openai_errors() {
     );
     std::fs::write(&config, yaml).unwrap_or_else(|e| panic!("{e}"));
     let port = free_port();
-    let _router = start(&["router", "--config", config.to_str().unwrap_or_default(), "--port", &port.to_string()]);
+    let _router = start(&[
+        "router",
+        "--config",
+        config.to_str().unwrap_or_default(),
+        "--port",
+        &port.to_string(),
+    ]);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&client, &format!("http://127.0.0.1:{vllm_port}/health")).await;
@@ -154,17 +202,33 @@ async fn router_binary_fronts_mock_vllm_with_keys_and_openai_errors() {
     assert!(ok.headers().contains_key("x-ratelimit-remaining-requests"));
     let streamed = ok.text().await.unwrap_or_default();
     assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
-    assert!(!streamed.contains("\"usage\""), "the usage chunk the router added is stripped: {streamed}");
+    assert!(
+        !streamed.contains("\"usage\""),
+        "the usage chunk the router added is stripped: {streamed}"
+    );
 
     let cases = [
-        ("sk-wrong", r#"{"model":"chat-fast","messages":[{"role":"user","content":"hi"}]}"#, 401),
-        ("sk-acme-123", r#"{"model":"chat-nope","messages":[{"role":"user","content":"hi"}]}"#, 404),
+        (
+            "sk-wrong",
+            r#"{"model":"chat-fast","messages":[{"role":"user","content":"hi"}]}"#,
+            401,
+        ),
+        (
+            "sk-acme-123",
+            r#"{"model":"chat-nope","messages":[{"role":"user","content":"hi"}]}"#,
+            404,
+        ),
         ("sk-acme-123", r#"{"model":"chat-fast","messages":"#, 400),
     ];
     for (key, body, status) in cases {
-        let r = chat(key, body.to_string()).await.unwrap_or_else(|e| panic!("{e}"));
+        let r = chat(key, body.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.status().as_u16(), status, "{body}");
         let err: serde_json::Value = r.json().await.unwrap_or_default();
-        assert!(err["error"]["message"].is_string() && err["error"]["type"].is_string(), "OpenAI-shaped: {err}");
+        assert!(
+            err["error"]["message"].is_string() && err["error"]["type"].is_string(),
+            "OpenAI-shaped: {err}"
+        );
     }
 }

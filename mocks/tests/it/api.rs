@@ -136,6 +136,82 @@ async fn streamed_chat_without_include_usage_has_no_usage_chunk() {
     sim.stop().await;
 }
 
+/// Issue 4, case 3: a stream whose text contains "数据🙂ok", with the emoji spanning two
+/// cl100k tokens, arrives as the exact text with no U+FFFD; the chunk that ends inside the
+/// emoji carries an empty delta, and usage counts tokens, not chunks.
+#[tokio::test]
+async fn a_character_split_across_tokens_is_never_broken_in_the_stream() {
+    const TEXT: &str = "数据🙂ok";
+    let sim = Sim::start(EngineConfig::default()).await;
+    let Some(tokens) = mocks::detokenizer::token_bytes(TEXT) else {
+        panic!("no tokens")
+    };
+    let n = tokens.len() as u32;
+    assert!(
+        tokens
+            .iter()
+            .filter(|t| std::str::from_utf8(t).is_err())
+            .count()
+            >= 2,
+        "the emoji must span tokens: {tokens:?}"
+    );
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let mut body = if path.contains("chat") {
+            chat_body("mistral-7b-instruct", 2 * n, true, true)
+        } else {
+            json!({"model": "mistral-7b-instruct", "prompt": "Say it", "max_tokens": 2 * n,
+                   "stream": true, "stream_options": {"include_usage": true}})
+        };
+        body["mock_output_text"] = json!(TEXT);
+        let (_, events) = sse(sim.post(path, body).await).await;
+        assert!(events.last().is_some_and(|e| e.is_done()), "{path}");
+        let mut text = String::new();
+        let mut content_chunks = 0;
+        let mut empty = 0;
+        let mut usage = Value::Null;
+        for e in events.iter().filter(|e| !e.is_done()) {
+            let c = parse(&e.data);
+            if c["choices"] == json!([]) {
+                usage = c["usage"].clone();
+                continue;
+            }
+            let ch = &c["choices"][0];
+            if ch["delta"].get("role").is_some() {
+                continue;
+            }
+            let t = ch["delta"]["content"]
+                .as_str()
+                .or(ch["text"].as_str())
+                .unwrap_or_else(|| panic!("{path}: no text in {c}"));
+            content_chunks += 1;
+            empty += usize::from(t.is_empty());
+            text.push_str(t);
+        }
+        assert_eq!(text, TEXT.repeat(2), "{path}");
+        assert!(!text.contains('\u{FFFD}'));
+        assert_eq!(content_chunks, 2 * n, "{path}: one chunk per token");
+        assert!(
+            empty >= 2,
+            "{path}: the emoji's first token has an empty delta"
+        );
+        assert_eq!(usage["completion_tokens"], 2 * n, "{path}");
+    }
+    // Non-streaming: the same text, whole.
+    let mut body = chat_body("mistral-7b-instruct", n, false, false);
+    body["mock_output_text"] = json!(TEXT);
+    let Ok(b) = sim
+        .post("/v1/chat/completions", body)
+        .await
+        .json::<Value>()
+        .await
+    else {
+        panic!("json")
+    };
+    assert_eq!(b["choices"][0]["message"]["content"], TEXT);
+    assert_eq!(b["usage"]["completion_tokens"], n);
+    sim.stop().await;
+}
+
 #[tokio::test]
 async fn non_streaming_chat_and_completion_bodies() {
     let sim = Sim::start(EngineConfig::default()).await;

@@ -36,6 +36,7 @@ pub fn tenants() -> Vec<TenantInfo> {
             }
             .to_owned(),
             lora: (i % 10 != 9).then(|| format!("lora-{i:02}")),
+            slo: None,
         })
         .collect()
 }
@@ -198,5 +199,8 @@ pub fn synthetic_run(seed: u64) -> RunData {
             url: "http://127.0.0.1:40001".to_owned(),
         }],
         notes: vec!["synthetic data from the integration test".to_owned()],
+        slo: None,
+        group_slos: Vec::new(),
+        isolation: None,
     }
 }

@@ -102,6 +102,15 @@ pub struct RawRouterSettings {
     /// Seconds a failing deployment is skipped (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown_time: Option<f64>,
+    /// Redis host shared by router replicas (LiteLLM's name); with `redis_port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_host: Option<String>,
+    /// Redis port (default 6379).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_port: Option<u16>,
+    /// Redis password, or `os.environ/NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_password: Option<String>,
 }
 
 /// LiteLLM's `general_settings`.
@@ -110,9 +119,14 @@ pub struct RawGeneralSettings {
     /// The admin key; may call every model with no tenant limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_key: Option<String>,
-    /// Not used yet (spend is kept in memory); a value is warned about.
+    /// PostgreSQL URL of the spend log and the generated keys (`postgresql://user@host:port/db`,
+    /// or `os.environ/NAME`); absent: a SQLite file (`tenantbench_settings.spend_db`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    /// Redis URL (`redis://host:port/db`) shared by router replicas for limits and budget
+    /// holds; absent: limits are kept per process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
 }
 
 /// `tenantbench_settings`: our own knobs. Every field is optional.
@@ -138,6 +152,19 @@ pub struct RawTenantbenchSettings {
     /// Seed of the simple-shuffle deployment picker (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// SQLite file of the spend log when `general_settings.database_url` is not set; relative
+    /// to the config file. Default: `tenantbench-spend.sqlite` beside a config file; in memory
+    /// for a config built in code. `":memory:"` keeps it in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_db: Option<String>,
+    /// Prefix of every Redis key this router writes (default `tenantbench`); routers sharing an
+    /// allowance must use the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_prefix: Option<String>,
+    /// Most tenants given their own label value in `/metrics` (default 500); the rest are
+    /// counted under `tenant="other"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_max_tenants: Option<u32>,
 }
 
 /// One tenant of `tenants:`.

@@ -40,6 +40,8 @@ pub struct Opts {
     pub fast_prices: (f64, f64),
     pub settings: String,
     pub router_settings: String,
+    /// Extra `general_settings` entries (`, database_url: ...`).
+    pub general: String,
 }
 
 impl Default for Opts {
@@ -52,6 +54,7 @@ impl Default for Opts {
             fast_prices: (0.0000002, 0.0000006),
             settings: String::new(),
             router_settings: String::new(),
+            general: String::new(),
         }
     }
 }
@@ -86,7 +89,7 @@ model_list:
     litellm_params: {{ model: hosted_vllm/qwen2.5-32b-instruct, api_base: "{strong}", api_key: sk-upstream-secret, timeout: {} }}
     model_info: {{ id: strong-a, input_cost_per_token: 0.000001, output_cost_per_token: 0.000003 }}
 router_settings: {{ routing_strategy: simple-shuffle, fallbacks: [{{chat-strong: [chat-fast]}}], num_retries: 0 {} }}
-general_settings: {{ master_key: {MASTER} }}
+general_settings: {{ master_key: {MASTER} {} }}
 tenantbench_settings: {{ audit_log: "{}" {} }}
 tenants:{BASE_TENANTS}{}
 "#,
@@ -94,6 +97,7 @@ tenants:{BASE_TENANTS}{}
         o.fast_prices.1,
         o.strong_timeout_s,
         o.router_settings,
+        o.general,
         audit.display(),
         o.settings,
         o.tenants,
@@ -141,6 +145,33 @@ impl Stack {
 
     pub fn root(&self) -> String {
         self.base.trim_end_matches("/v1").to_string()
+    }
+
+    /// `GET` an admin path (`/key/list?...`) with `key`; status and JSON.
+    pub async fn admin_get(&self, key: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.root()))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("router reachable");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST` an admin path with `key` and a JSON body; status and JSON.
+    pub async fn admin_post(&self, key: &str, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.root()))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("router reachable");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn chat(&self, key: &str, body: &Value) -> reqwest::Response {

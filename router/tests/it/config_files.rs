@@ -67,13 +67,13 @@ fn litellm_keys_we_do_not_implement_only_warn() {
         "http://127.0.0.1:8002/v1",
         std::path::Path::new("a.jsonl"),
         &Opts {
-            router_settings: ", redis_host: localhost, context_window_fallbacks: []".into(),
+            router_settings: ", enable_pre_call_checks: true, context_window_fallbacks: []".into(),
             ..Opts::default()
         },
     ) + "litellm_settings: { drop_params: true, success_callback: [prometheus] }\n";
     let cfg = router::config::parse(&text, "x.yaml").expect("loads");
     for key in [
-        "router_settings.redis_host",
+        "router_settings.enable_pre_call_checks",
         "router_settings.context_window_fallbacks",
         "litellm_settings",
     ] {

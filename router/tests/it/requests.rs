@@ -74,7 +74,7 @@ async fn huge_body_is_413_before_anything_moves() {
     })
     .await;
     mount_json(&s.fast, vllm_json("hi", (5, 1))).await;
-    let big = "x".repeat(9 * 1024 * 1024);
+    let big = "x".repeat(20 * 1024 * 1024);
     let body = json!({"model": "chat-fast", "messages": [{"role": "user", "content": big}]});
     let r = s.chat("sk-limited", &body).await;
     assert_eq!(r.status(), 413);
@@ -133,4 +133,30 @@ async fn legacy_completions_are_served_too() {
     let got = Stack::received(&s.fast).await;
     assert_eq!(got[0]["model"], "tenant-01-fast");
     assert_eq!(got[0]["prompt"], "Hello");
+}
+
+#[tokio::test]
+async fn model_named_in_the_query_or_a_header_changes_nothing() {
+    let mut s = Stack::start().await;
+    mount_json(&s.fast, vllm_json("hi", (5, 1))).await;
+    mount_json(&s.strong, vllm_json("hi", (5, 1))).await;
+    let r = s
+        .client
+        .post(format!("{}?model=chat-strong", s.url("/chat/completions")))
+        .bearer_auth(T1)
+        .header("x-model", "chat-strong")
+        .header("model", "chat-strong")
+        .json(&chat_body("chat-fast", false))
+        .send()
+        .await
+        .expect("router");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-litellm-model-group"), Some("chat-fast"));
+    assert_eq!(Stack::received(&s.fast).await.len(), 1);
+    assert!(Stack::received(&s.strong).await.is_empty());
+    let (_, rows) = s.admin_get(MASTER, "/spend/logs").await;
+    assert_eq!(rows[0]["model"], "chat-fast");
+    assert_eq!(rows[0]["model_id"], "fast-a");
+    let lines = s.stop().await;
+    assert_eq!(lines[0]["model_group"], "chat-fast");
 }

@@ -1,0 +1,136 @@
+//! One simulated engine serving 2,000 concurrent streams in real time (issue 4, "Speed").
+//!
+//! Starts the simulator on 127.0.0.1:0 with room for 2,000 running sequences, opens 2,000
+//! streaming `/v1/completions` requests over plain TCP (the cheapest client there is: write the
+//! request, read bytes until the server closes), and reads the simulator's own timelines
+//! afterwards. Emission lateness of a token = when its chunk was handed to the HTTP body minus
+//! the logical end of the engine step that produced it; the engine is keeping up when the mean
+//! stays under 1 ms.
+//!
+//! `cargo bench -p tb-benches --bench engine_streams` (env `STREAMS`, `MAX_TOKENS` to vary).
+
+#![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+use std::time::{Duration, Instant};
+
+use mocks::EngineConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Sends one streaming request and reads the response to the end; returns whether it ended
+/// with `[DONE]`.
+async fn stream_one(addr: std::net::SocketAddr, body: &str) -> std::io::Result<bool> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        // Keep only the last bytes: enough to find `[DONE]` across a read boundary.
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > 64 {
+            tail.drain(..tail.len() - 64);
+        }
+    }
+    Ok(tail.windows(6).any(|w| w == b"[DONE]"))
+}
+
+fn main() {
+    let streams = env_or("STREAMS", 2000);
+    let max_tokens = env_or("MAX_TOKENS", 128);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        // An H200 (141 GB) holds the KV of 2,000 short streams of a 7B model many times over;
+        // max_num_seqs lets all of them decode in every step.
+        let cfg = EngineConfig {
+            gpu: "h200".into(),
+            model: "mistral-7b-instruct".into(),
+            max_num_seqs: Some(2048),
+            max_num_batched_tokens: Some(8192),
+            max_model_len: Some(4096),
+            ..Default::default()
+        };
+        let stop = CancellationToken::new();
+        let sim = match mocks::spawn(cfg, stop.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("simulator: {e}");
+                return;
+            }
+        };
+        let addr = sim.addr();
+        let body = format!(
+            r#"{{"model":"mistral-7b-instruct","prompt":"Tell me about the weather today.","max_tokens":{max_tokens},"stream":true}}"#
+        );
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(streams);
+        for _ in 0..streams {
+            let body = body.clone();
+            tasks.push(tokio::spawn(async move { stream_one(addr, &body).await }));
+        }
+        let mut ok = 0usize;
+        for t in tasks {
+            if let Ok(Ok(true)) = t.await {
+                ok += 1;
+            }
+        }
+        let wall = started.elapsed();
+        let timelines = sim.timelines();
+        stop.cancel();
+        let _ = sim.stopped().await;
+
+        let mut late: Vec<Duration> = timelines.iter().flat_map(|t| t.lateness()).collect();
+        late.sort();
+        let tokens = late.len();
+        let first = timelines.iter().map(|t| t.arrival).min();
+        let last = timelines
+            .iter()
+            .filter_map(|t| t.token_times.last().copied())
+            .max();
+        let span = match (first, last) {
+            (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+            _ => 0.0,
+        };
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let mean = late.iter().map(|d| us(*d)).sum::<f64>() / tokens.max(1) as f64;
+        let pct = |p: f64| {
+            late.get(((tokens as f64 - 1.0) * p).round().max(0.0) as usize)
+                .map_or(0.0, |d| us(*d))
+        };
+        println!("engine_streams: {streams} streams x {max_tokens} tokens, {ok} ended with [DONE]");
+        println!("  wall {:.2} s, {tokens} tokens, {:.0} tokens/s", wall.as_secs_f64(), tokens as f64 / span.max(1e-9));
+        println!(
+            "  emission lateness: mean {mean:.0} us, p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+        println!("  verdict: {}", if mean < 1000.0 && ok == streams { "keeps up (mean < 1 ms)" } else { "FALLS BEHIND" });
+    });
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the load generator: its client against a fake upstream that replays
+//! exact bytes at exact times, and its scheduling engine against small local servers.
+
+#[path = "it/common.rs"]
+mod common;
+
+#[path = "it/replay_cases.rs"]
+mod replay_cases;
+
+#[path = "it/engine.rs"]
+mod engine;
