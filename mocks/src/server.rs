@@ -595,7 +595,9 @@ async fn whole_response(
 
 /// Unix time in seconds, for the `created` field of a response.
 fn unix_seconds() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// State of one streamed response.
