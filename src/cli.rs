@@ -23,9 +23,41 @@ pub enum Command {
     MockVllm(MockVllmArgs),
     /// Serve the reference router from a LiteLLM-style config.yaml with a `tenants:` section.
     Router(RouterArgs),
+    /// Work with results directories (`report merge`).
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Replay published vLLM benchmark runs against the simulator (in simulated time) and print
     /// predicted vs measured with the error per metric.
     Calibrate(CalibrateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Merge the results directories of `run --shard i/n` into one, exactly (from every shard's
+    /// raw records in run.json), and evaluate gates, SLOs and isolation on the merged result.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Results directories of the shards (each holds run.json).
+    #[arg(required = true, num_args = 1..)]
+    pub shards: Vec<PathBuf>,
+    /// Where to write the merged results directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print only the results directory and any failing lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the merged summary.json on stdout (one line) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// A previous run's summary.json to compare the merged result with (as `run --baseline`).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Allowed regression against --baseline, e.g. 10% (default).
+    #[arg(long, default_value = "10%")]
+    pub max_regression: String,
 }
 
 #[derive(Debug, Args)]

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         Command::Run(_) | Command::Check(_) => "warn",
         Command::MockVllm(_) | Command::Router(_) => "info",
-        Command::Calibrate(_) => "warn",
+        Command::Calibrate(_) | Command::Report(_) => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -59,6 +59,13 @@ async fn dispatch(command: Command) -> ExitCode {
             Err(e) => fail(&e.to_string(), e.exit_code()),
         },
         Command::Run(args) => run(args, shutdown).await,
+        Command::Report(cli::ReportCommand::Merge(args)) => {
+            // Reading, summarising and writing are synchronous and CPU-bound.
+            match tokio::task::spawn_blocking(move || merge(args)).await {
+                Ok(code) => code,
+                Err(e) => fail(&format!("merge failed: {e}"), i32::from(EXIT_RUNTIME)),
+            }
+        }
         Command::MockVllm(args) => match mock_vllm(args, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
@@ -114,6 +121,31 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> ExitCode {
         Ok(outcome) => verdict(&outcome.summary, &outcome.dir, quiet, args.json),
         Err(e) => fail(&e.to_string(), e.exit_code()),
     }
+}
+
+/// `tenantbench report merge`: shards → one run → the same summary, files and verdicts as `run`.
+fn merge(args: cli::MergeArgs) -> ExitCode {
+    let baseline = match &args.baseline {
+        None => None,
+        Some(path) => match read_baseline(path, &args.max_regression) {
+            Ok(b) => Some(b),
+            Err(e) => return fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
+        },
+    };
+    let data = match reports::merge::merge_dirs(&args.shards) {
+        Ok(d) => d,
+        Err(e) => return fail(&e.to_string(), i32::from(EXIT_USAGE)),
+    };
+    let mut summary = reports::summarize(&data);
+    if let Some((before, max)) = &baseline {
+        summary
+            .gates
+            .extend(reports::baseline::compare(&summary, before, *max));
+    }
+    if let Err(e) = reports::write_results(&args.out, &data, &summary) {
+        return fail(&e.to_string(), i32::from(EXIT_RUNTIME));
+    }
+    verdict(&summary, &args.out, args.quiet || args.json, args.json)
 }
 
 fn read_baseline(path: &std::path::Path, max: &str) -> anyhow::Result<(reports::Summary, f64)> {

@@ -52,7 +52,7 @@ fn in_process(c: &mut Criterion) {
             let hold = ledger.try_reserve(&scopes, worst).expect("budget");
             let grant = limiter.try_admit(&scopes, 356).expect("limits");
             // Settlement, as every request ends.
-            limiter.settle_tokens(&scopes, grant.tokens, 300);
+            limiter.settle_tokens(&scopes, grant.ticket, 300);
             ledger.finish(&scopes, hold, worst);
             black_box(grant.allowance);
         })
@@ -125,7 +125,7 @@ fn with_redis(c: &mut Criterion) {
                 let grant = state.admit(&scopes, 356).await.expect("limits");
                 black_box(&grant.allowance);
                 // Settlement, as every request ends (the slot is released on drop).
-                state.reconcile(&scopes, grant.tokens, 300).await;
+                state.reconcile(&scopes, grant.ticket, 300).await;
                 state.settle(&scopes, hold, worst).await;
             })
         })

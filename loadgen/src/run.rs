@@ -398,6 +398,7 @@ pub fn run_data(
         slo: s.slo.clone(),
         group_slos: s.group_slos.clone(),
         isolation: s.isolation.clone(),
+        shard: None,
     }
 }
 
@@ -408,6 +409,7 @@ pub async fn run(
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunOutcome, RunError> {
+    let scenario_tenants: Vec<String> = s.tenants.iter().map(|t| t.id.clone()).collect();
     let mut sharded;
     let s = match opts.shard {
         Some((i, n)) => {
@@ -487,6 +489,11 @@ pub async fn run(
     }
     let mut data = run_data(s, driven.records, driven.t0_wall, &label, engines);
     if let Some((i, n)) = opts.shard {
+        data.shard = Some(reports::ShardInfo {
+            index: i,
+            count: n,
+            scenario_tenants,
+        });
         data.notes.push(format!(
             "shard {i}/{n}: {} of the scenario's tenants; merge shards with `tenantbench report merge`",
             s.tenants.len()

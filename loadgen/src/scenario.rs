@@ -427,7 +427,9 @@ impl Scenario {
     /// Keeps shard `index` of `count` (0-based): every `count`-th tenant in scenario order,
     /// starting at `index`. Deterministic, so n machines given 0/n … (n−1)/n split the tenants
     /// between them exactly; each tenant's traffic is what it would be unsharded (its RNG is
-    /// seeded from its id). Isolation aggressors not in the shard are dropped from the check.
+    /// seeded from its id). The isolation spec is kept whole: the shard's verdict leaves out
+    /// aggressors it does not hold (`reports::isolation::evaluate` judges only the run's
+    /// tenants), and the merged result judges them all.
     pub fn shard(&mut self, index: u32, count: u32) -> Result<(), String> {
         if count == 0 || index >= count {
             return Err(format!("shard {index}/{count}: need 0 <= i < n"));

@@ -96,6 +96,37 @@ pub struct CalibrationRow {
     pub gpu_memory_utilization: Option<f64>,
     pub prefix_cache_hit_rate: Option<f64>,
     pub measured: RunMetrics,
+    /// Why the row cannot run (a malformed cell, an impossible load), when it cannot: the row
+    /// is kept so that [`calibrate`] reports it in place and the other rows still run.
+    pub problem: Option<String>,
+}
+
+impl CalibrationRow {
+    /// A row that could not be read: everything but its id and the reason is a placeholder.
+    fn unusable(id: String, problem: String) -> Self {
+        Self {
+            id,
+            source: String::new(),
+            gpu: String::new(),
+            model: String::new(),
+            precision: String::new(),
+            engine: String::new(),
+            dataset: String::new(),
+            input_tokens_mean: 0.0,
+            output_tokens_mean: 0.0,
+            load: Load::Burst,
+            num_requests: 0,
+            max_num_batched_tokens: None,
+            max_num_seqs: None,
+            lora_adapters: 0,
+            lora_share: 0.0,
+            max_loras: None,
+            gpu_memory_utilization: None,
+            prefix_cache_hit_rate: None,
+            measured: RunMetrics::default(),
+            problem: Some(problem),
+        }
+    }
 }
 
 /// The replay of one row.
@@ -142,7 +173,8 @@ impl CalibrationResult {
     }
 }
 
-/// A malformed calibration file.
+/// A calibration file that cannot be read at all (no header, broken CSV quoting). Problems of
+/// single rows are not errors of the file: they travel in [`CalibrationRow::problem`].
 #[derive(Debug, thiserror::Error)]
 #[error("calibration row {row}: {message}")]
 pub struct RowError {
@@ -151,8 +183,10 @@ pub struct RowError {
     pub message: String,
 }
 
+// Unknown columns are ignored, not refused (unlike scenario files): the calibration format is
+// shared with other tools that add their own columns, and `calibrate --out` writes the input
+// back with `pred_*` columns, which must be readable as input again.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRow {
     id: String,
     #[serde(default)]
@@ -183,78 +217,121 @@ struct RawRow {
     prefix_cache_hit_rate: Option<f64>,
 }
 
-/// Parses calibration CSV text (header row first; empty cells are "not stated").
+/// Parses calibration CSV text (header row first; empty cells are "not stated"; unknown
+/// columns are ignored). A row that cannot be used is kept with its [`CalibrationRow::problem`]
+/// so that it is reported in place; only a file without a readable header is an error.
 pub fn parse_rows(text: &str) -> Result<Vec<CalibrationRow>, RowError> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| RowError {
+            row: 0,
+            message: e.to_string(),
+        })?
+        .clone();
+    let id_col = headers.iter().position(|h| h == "id");
     let mut rows = Vec::new();
-    for (i, rec) in reader.deserialize::<RawRow>().enumerate() {
-        let err = |message: String| RowError {
-            row: i + 1,
-            message,
-        };
-        let r = rec.map_err(|e| err(e.to_string()))?;
-        let load = match r.load.as_str() {
-            "poisson_rps" if r.load_value > 0.0 => Load::PoissonRps(r.load_value),
-            "closed_concurrency" if r.load_value >= 1.0 => {
-                Load::ClosedConcurrency(r.load_value as u32)
+    for (i, rec) in reader.records().enumerate() {
+        let n = i + 1;
+        let row = match rec {
+            Err(e) => CalibrationRow::unusable(format!("row {n}"), format!("row {n}: {e}")),
+            Ok(rec) => {
+                let id = id_col
+                    .and_then(|c| rec.get(c))
+                    .filter(|s| !s.is_empty())
+                    .map_or_else(|| format!("row {n}"), String::from);
+                match rec
+                    .deserialize::<RawRow>(Some(&headers))
+                    .map_err(|e| describe_csv_error(&e, &headers))
+                    .and_then(row_from_raw)
+                {
+                    Ok(row) => row,
+                    Err(message) => CalibrationRow::unusable(id, format!("row {n}: {message}")),
+                }
             }
-            "burst" => Load::Burst,
-            other => {
-                return Err(err(format!(
-                    "load `{other}` with load_value {} (expected poisson_rps > 0, \
-                     closed_concurrency >= 1 or burst)",
-                    r.load_value
-                )));
-            }
         };
-        if r.input_tokens_mean < 1.0 || r.output_tokens_mean < 1.0 || r.num_requests == 0 {
-            return Err(err("token means and num_requests must be positive".into()));
-        }
-        let num_requests = match load {
-            Load::Burst if r.load_value >= 1.0 => r.load_value as u32,
-            _ => r.num_requests,
-        };
-        rows.push(CalibrationRow {
-            id: r.id,
-            source: r.source,
-            gpu: r.gpu,
-            model: r.model,
-            precision: r.precision,
-            engine: r.engine,
-            dataset: r.dataset,
-            input_tokens_mean: r.input_tokens_mean,
-            output_tokens_mean: r.output_tokens_mean,
-            load,
-            num_requests,
-            max_num_batched_tokens: r.max_num_batched_tokens,
-            max_num_seqs: r.max_num_seqs,
-            lora_adapters: r.lora_adapters.unwrap_or(0),
-            lora_share: r.lora_share.unwrap_or(0.0).clamp(0.0, 1.0),
-            max_loras: r.max_loras,
-            gpu_memory_utilization: r.gpu_memory_utilization,
-            prefix_cache_hit_rate: r.prefix_cache_hit_rate.map(|h| h.clamp(0.0, 1.0)),
-            measured: RunMetrics {
-                output_tok_s: r.output_tok_s,
-                ttft_mean_ms: r.ttft_mean_ms,
-                ttft_p99_ms: r.ttft_p99_ms,
-                tpot_mean_ms: r.tpot_mean_ms,
-                itl_p50_ms: r.itl_p50_ms,
-                itl_p99_ms: r.itl_p99_ms,
-            },
-        });
+        rows.push(row);
     }
     Ok(rows)
+}
+
+/// A deserialisation error naming the column by its header (the csv crate gives an index).
+fn describe_csv_error(e: &csv::Error, headers: &csv::StringRecord) -> String {
+    if let csv::ErrorKind::Deserialize { err, .. } = e.kind() {
+        let column = err
+            .field()
+            .and_then(|f| usize::try_from(f).ok())
+            .and_then(|f| headers.get(f));
+        if let Some(column) = column {
+            return format!("column `{column}`: {}", err.kind());
+        }
+    }
+    e.to_string()
+}
+
+fn row_from_raw(r: RawRow) -> Result<CalibrationRow, String> {
+    let load = match r.load.as_str() {
+        "poisson_rps" if r.load_value > 0.0 => Load::PoissonRps(r.load_value),
+        "closed_concurrency" if r.load_value >= 1.0 => Load::ClosedConcurrency(r.load_value as u32),
+        "burst" => Load::Burst,
+        other => {
+            return Err(format!(
+                "load `{other}` with load_value {} (expected poisson_rps > 0, \
+                 closed_concurrency >= 1 or burst)",
+                r.load_value
+            ));
+        }
+    };
+    if r.input_tokens_mean < 1.0 || r.output_tokens_mean < 1.0 || r.num_requests == 0 {
+        return Err("token means and num_requests must be positive".into());
+    }
+    let num_requests = match load {
+        Load::Burst if r.load_value >= 1.0 => r.load_value as u32,
+        _ => r.num_requests,
+    };
+    Ok(CalibrationRow {
+        id: r.id,
+        source: r.source,
+        gpu: r.gpu,
+        model: r.model,
+        precision: r.precision,
+        engine: r.engine,
+        dataset: r.dataset,
+        input_tokens_mean: r.input_tokens_mean,
+        output_tokens_mean: r.output_tokens_mean,
+        load,
+        num_requests,
+        max_num_batched_tokens: r.max_num_batched_tokens,
+        max_num_seqs: r.max_num_seqs,
+        lora_adapters: r.lora_adapters.unwrap_or(0),
+        lora_share: r.lora_share.unwrap_or(0.0).clamp(0.0, 1.0),
+        max_loras: r.max_loras,
+        gpu_memory_utilization: r.gpu_memory_utilization,
+        prefix_cache_hit_rate: r.prefix_cache_hit_rate.map(|h| h.clamp(0.0, 1.0)),
+        measured: RunMetrics {
+            output_tok_s: r.output_tok_s,
+            ttft_mean_ms: r.ttft_mean_ms,
+            ttft_p99_ms: r.ttft_p99_ms,
+            tpot_mean_ms: r.tpot_mean_ms,
+            itl_p50_ms: r.itl_p50_ms,
+            itl_p99_ms: r.itl_p99_ms,
+        },
+        problem: None,
+    })
 }
 
 /// Replays every row; a row that cannot run carries the reason and the others still run.
 pub fn calibrate(rows: &[CalibrationRow]) -> Vec<CalibrationResult> {
     rows.iter()
         .map(|r| {
-            let (predicted, engine) = match replay(r) {
-                Ok((m, s)) => (Ok(m), Some(s)),
-                Err(e) => (Err(e.to_string()), None),
+            let (predicted, engine) = match &r.problem {
+                Some(p) => (Err(p.clone()), None),
+                None => match replay(r) {
+                    Ok((m, s)) => (Ok(m), Some(s)),
+                    Err(e) => (Err(e.to_string()), None),
+                },
             };
             CalibrationResult {
                 id: r.id.clone(),
@@ -687,7 +764,9 @@ pub fn render_table(results: &[CalibrationResult]) -> String {
 }
 
 /// The input CSV with `pred_*` columns appended, one per metric (empty where the row did not
-/// run or the metric has no prediction). `input` is the text the rows were parsed from.
+/// run or the metric has no prediction). `input` is the text the rows were parsed from, and
+/// `results` are in its row order. `pred_*` columns already in the input (a file written by
+/// `--out` and fed back in) are replaced, not duplicated.
 pub fn predictions_csv(input: &str, results: &[CalibrationResult]) -> Result<String, RowError> {
     let csv_err = |row: usize| {
         move |e: csv::Error| RowError {
@@ -695,23 +774,34 @@ pub fn predictions_csv(input: &str, results: &[CalibrationResult]) -> Result<Str
             message: e.to_string(),
         }
     };
-    let mut reader = csv::ReaderBuilder::new().from_reader(input.as_bytes());
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    let mut header: Vec<String> = reader
-        .headers()
-        .map_err(csv_err(0))?
+    let pred_names = RunMetrics::default()
+        .fields()
+        .map(|(n, _)| format!("pred_{n}"));
+    // Rows with a wrong number of cells are reported by `parse_rows`; here they pass through.
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(input.as_bytes());
+    let mut writer = csv::WriterBuilder::new()
+        .flexible(true)
+        .from_writer(Vec::new());
+    let in_header = reader.headers().map_err(csv_err(0))?.clone();
+    let keep: Vec<bool> = in_header
         .iter()
-        .map(String::from)
+        .map(|h| !pred_names.iter().any(|p| p == h.trim()))
         .collect();
-    header.extend(
-        RunMetrics::default()
-            .fields()
-            .map(|(n, _)| format!("pred_{n}")),
-    );
+    let kept = |rec: &csv::StringRecord| -> Vec<String> {
+        rec.iter()
+            .enumerate()
+            .filter(|(i, _)| keep.get(*i).copied().unwrap_or(true))
+            .map(|(_, v)| v.to_string())
+            .collect()
+    };
+    let mut header = kept(&in_header);
+    header.extend(pred_names.iter().cloned());
     writer.write_record(&header).map_err(csv_err(0))?;
     for (i, rec) in reader.records().enumerate() {
         let rec = rec.map_err(csv_err(i + 1))?;
-        let mut row: Vec<String> = rec.iter().map(String::from).collect();
+        let mut row = kept(&rec);
         let predicted = results.get(i).and_then(|r| r.predicted.as_ref().ok());
         for (_, v) in predicted.copied().unwrap_or_default().fields() {
             row.push(v.map_or(String::new(), |v| format!("{v:.3}")));
@@ -746,43 +836,144 @@ mod tests {
         assert_eq!(rows[0].load, Load::Burst);
         assert_eq!(rows[0].measured.output_tok_s, Some(1000.0));
         let bad = format!(
-            "{HEADER}\nX1,src,rtx-5090,qwen3-8b,bf16,vllm,random,100,50,sideways,1,20,,,0,0,,,,,,,,,\n"
+            "{HEADER}\nX1,src,rtx-5090,qwen3-8b,bf16,vllm,random,100,50,sideways,1,20,,,0,0,,,,,,,,,\n\
+             X2,src,rtx-5090,qwen3-8b,bf16,vllm,random,many,50,burst,1,20,,,0,0,,,,,,,,,\n"
         );
-        assert_eq!(parse_rows(&bad).err().map(|e| e.row), Some(1));
+        let Ok(rows) = parse_rows(&bad) else {
+            panic!("a bad row must not reject the file")
+        };
+        let p0 = rows[0].problem.clone().unwrap_or_default();
+        assert!(p0.contains("row 1") && p0.contains("sideways"), "{p0}");
+        let p1 = rows[1].problem.clone().unwrap_or_default();
+        assert!(
+            p1.contains("row 2") && p1.contains("input_tokens_mean"),
+            "{p1}"
+        );
+        assert_eq!(rows[1].id, "X2");
+        let res = calibrate(&rows);
+        assert!(res[0].predicted.as_ref().is_err_and(|e| *e == p0));
     }
 
+    /// `calibrate --out` output: the six `pred_*` columns once each, and the file reads back as
+    /// the same rows (unknown columns are ignored), so it can be fed in again.
+    #[test]
+    fn predictions_csv_has_the_pred_columns_and_round_trips() {
+        let text = format!(
+            "{HEADER},notes\n\
+             R1,src,rtx-5090,qwen3-8b,bf16,vllm,random,64,8,burst,4,4,,,0,0,,500,40,60,8,8,9,,,first\n\
+             R2,src,tpu-v9,qwen3-8b,bf16,vllm,random,64,8,burst,4,4,,,0,0,,,,,,,,,,second\n"
+        );
+        let Ok(rows) = parse_rows(&text) else {
+            panic!("extra column refused")
+        };
+        let res = calibrate(&rows);
+        let out = match predictions_csv(&text, &res) {
+            Ok(o) => o,
+            Err(e) => panic!("{e}"),
+        };
+        let mut reader = csv::Reader::from_reader(out.as_bytes());
+        let Ok(header) = reader.headers().cloned() else {
+            panic!("header")
+        };
+        let preds = [
+            "pred_output_tok_s",
+            "pred_ttft_mean_ms",
+            "pred_ttft_p99_ms",
+            "pred_tpot_mean_ms",
+            "pred_itl_p50_ms",
+            "pred_itl_p99_ms",
+        ];
+        for p in preds {
+            assert_eq!(
+                header.iter().filter(|h| *h == p).count(),
+                1,
+                "{p}: {header:?}"
+            );
+        }
+        let records: Vec<csv::StringRecord> = reader.records().filter_map(Result::ok).collect();
+        assert_eq!(records.len(), 2);
+        let col = |name: &str| header.iter().position(|h| h == name).unwrap_or(usize::MAX);
+        let tok_s = records[0]
+            .get(col("pred_output_tok_s"))
+            .and_then(|v| v.parse::<f64>().ok());
+        let Ok(p) = &res[0].predicted else {
+            panic!("{:?}", res[0].predicted)
+        };
+        assert!(
+            tok_s
+                .zip(p.output_tok_s)
+                .is_some_and(|(a, b)| (a - b).abs() < 1e-3),
+            "{tok_s:?}"
+        );
+        assert_eq!(
+            records[1].get(col("pred_output_tok_s")),
+            Some(""),
+            "not run: empty"
+        );
+
+        let Ok(again) = parse_rows(&out) else {
+            panic!("--out output refused as input")
+        };
+        assert_eq!(again, rows);
+        let Ok(twice) = predictions_csv(&out, &res) else {
+            panic!("second pass")
+        };
+        assert_eq!(twice, out, "pred_* columns are replaced, not duplicated");
+    }
+
+    /// The ShareGPT-like draws keep the row's means and have the shapes `lengths` documents.
+    /// The bounds come from the distributions, not from one sample: Gamma(shape 2) has
+    /// median / mean = 0.839 and log-normal(σ = 1) has exp(−σ²/2) = 0.607 (before the cut at
+    /// 1,024 and the rescale, which move them by a few per cent). With 20,000 draws the sample
+    /// median's standard error is under 1 % of the mean, so ±0.06 around those ratios holds
+    /// for any seed, while a symmetric (ratio ≈ 1) or much heavier tail fails.
     #[test]
     fn sharegpt_lengths_are_wide_but_keep_the_means() {
         let text = format!(
-            "{HEADER}\nS,src,rtx-4090,llama-3-8b-instruct,fp16,vllm,sharegpt,206,210,poisson_rps,1,400,,,0,0,,,,,,,,,\n"
+            "{HEADER}\nS,src,rtx-4090,llama-3-8b-instruct,fp16,vllm,sharegpt,206,210,poisson_rps,1,20000,,,0,0,,,,,,,,,\n"
         );
         let Ok(rows) = parse_rows(&text) else {
             panic!("parse")
         };
-        let mut rng = StdRng::seed_from_u64(1);
-        let Ok(l) = lengths(&rows[0], &mut rng) else {
-            panic!("lengths")
-        };
-        let mi = l.iter().map(|x| f64::from(x.0)).sum::<f64>() / l.len() as f64;
-        let mo = l.iter().map(|x| f64::from(x.1)).sum::<f64>() / l.len() as f64;
-        assert!(
-            (mi - 206.0).abs() < 5.0 && (mo - 210.0).abs() < 5.0,
-            "{mi} {mo}"
-        );
-        let mut outs: Vec<u32> = l.iter().map(|x| x.1).collect();
-        outs.sort();
-        assert!(
-            outs[outs.len() / 2] < 180,
-            "median below the mean: heavy tail"
-        );
-        assert!(l.iter().all(|(p, o)| *p <= 1024 && p + o <= 2048));
+        for seed in [1, 2, 3] {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let Ok(l) = lengths(&rows[0], &mut rng) else {
+                panic!("lengths")
+            };
+            let n = l.len() as f64;
+            let mi = l.iter().map(|x| f64::from(x.0)).sum::<f64>() / n;
+            let mo = l.iter().map(|x| f64::from(x.1)).sum::<f64>() / n;
+            assert!(
+                (mi - 206.0).abs() < 2.0 && (mo - 210.0).abs() < 2.0,
+                "seed {seed}: means {mi} {mo}"
+            );
+            let median = |mut v: Vec<u32>| {
+                v.sort_unstable();
+                f64::from(v[v.len() / 2])
+            };
+            let out_ratio = median(l.iter().map(|x| x.1).collect()) / mo;
+            let in_ratio = median(l.iter().map(|x| x.0).collect()) / mi;
+            assert!(
+                (0.78..=0.90).contains(&out_ratio),
+                "seed {seed}: output median/mean {out_ratio:.3}, Gamma(2) gives 0.839"
+            );
+            assert!(
+                (0.55..=0.72).contains(&in_ratio),
+                "seed {seed}: prompt median/mean {in_ratio:.3}, log-normal(1) gives 0.607"
+            );
+            assert!(
+                l.iter()
+                    .all(|(p, o)| *p >= 4 && *o >= 4 && *p <= 1024 && p + o <= 2048)
+            );
+        }
     }
 
     #[test]
     fn an_unknown_gpu_is_reported_and_the_other_rows_still_run() {
         let text = format!(
             "{HEADER}\nA,src,tpu-v9,qwen3-8b,bf16,vllm,random,100,20,burst,10,10,,,0,0,,,,,,,,,\n\
-             B,src,rtx-5090,qwen3-8b,bf16,vllm,random,100,20,burst,10,10,,,0,0,,,,,,,,,\n"
+             B,src,rtx-5090,qwen3-8b,bf16,vllm,random,100,20,burst,10,10,,,0,0,,,,,,,,,\n\
+             C,src,rtx-5090,llama-9-400b,bf16,vllm,random,100,20,burst,10,10,,,0,0,,,,,,,,,\n"
         );
         let Ok(rows) = parse_rows(&text) else {
             panic!("parse")
@@ -799,5 +990,14 @@ mod tests {
         };
         assert!(p.output_tok_s.is_some_and(|t| t > 0.0));
         assert!(p.tpot_mean_ms.is_some_and(|t| t > 5.0));
+        assert!(
+            res[2]
+                .predicted
+                .as_ref()
+                .is_err_and(|e| e.contains("unknown model") && e.contains("llama-9-400b")),
+            "{:?}",
+            res[2].predicted
+        );
+        assert!(render_table(&res).contains("not run: unknown gpu `tpu-v9`"));
     }
 }

@@ -55,8 +55,63 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Dense tensor FLOP/s for a compute format, falling back to bf16 (weight-only kernels)
-    /// when the GPU has no native support.
+    /// Whether the GPU has tensor cores for a compute format: bf16 everywhere; fp8 and fp4
+    /// where the catalogue lists their throughput (`fp8_tflops`, `fp4_tflops`: Ada, Hopper and
+    /// Blackwell have FP8, only Blackwell has FP4).
+    pub fn has_native(&self, compute: Compute) -> bool {
+        match compute {
+            Compute::Bf16 => true,
+            Compute::Fp8 => self.fp8_flops.is_some(),
+            Compute::Fp4 => self.fp4_flops.is_some(),
+        }
+    }
+
+    /// Refuses a precision whose GEMMs need tensor cores this GPU does not have (nvfp4 on
+    /// anything before Blackwell, fp8 on an A100).
+    ///
+    /// Why refuse rather than run: vLLM ≥ 0.10 would start such an engine with weight-only
+    /// Marlin kernels (logging "Your GPU does not have native support for FP8/FP4
+    /// computation…"), but none of the published runs the step costs are tuned on exercises
+    /// that path, so any timing given for it would be a guess presented as a prediction. A
+    /// capacity plan built on it should say so up front; the error names the formats that are
+    /// modelled for this GPU.
+    pub fn check_precision(&self, requested: &str, precision: &Precision) -> Result<(), SimError> {
+        if self.has_native(precision.compute) {
+            return Ok(());
+        }
+        let format = match precision.compute {
+            Compute::Bf16 => "BF16",
+            Compute::Fp8 => "FP8",
+            Compute::Fp4 => "FP4",
+        };
+        let named = if requested.eq_ignore_ascii_case(&precision.id) {
+            format!("`{}`", precision.id)
+        } else {
+            format!("`{requested}` ({})", precision.id)
+        };
+        let mut supported = vec!["bf16 (fp16)", "w4a16 (awq, gptq)"];
+        if self.has_native(Compute::Fp8) {
+            supported.push("fp8");
+        }
+        if self.has_native(Compute::Fp4) {
+            supported.push("nvfp4");
+        }
+        Err(SimError::config(
+            "precision",
+            format!(
+                "precision {named} is not supported on GPU `{}` ({}): it has no {format} tensor \
+                 cores, and the simulator does not model vLLM's weight-only fallback for it. \
+                 Supported on {}: {}",
+                self.id,
+                self.name,
+                self.id,
+                supported.join(", ")
+            ),
+        ))
+    }
+
+    /// Dense tensor FLOP/s for a compute format, falling back to bf16 for a format the GPU
+    /// lacks (unreachable for a resolved engine: [`Gpu::check_precision`] refuses those).
     pub fn flops_for(&self, compute: Compute) -> f64 {
         match compute {
             Compute::Bf16 => self.bf16_flops,
@@ -357,10 +412,16 @@ impl Catalog {
             let Some(g) = out_gpus.get(&gpu) else {
                 return Err(bad(GPUS_FILE, format!("profile for unknown gpu {gpu}")));
             };
-            if !out_prec.contains_key(&prec) {
+            let Some(pr) = out_prec.get(&prec) else {
                 return Err(bad(
                     GPUS_FILE,
                     format!("profile for unknown precision {prec} (use canonical names)"),
+                ));
+            };
+            if !g.has_native(pr.compute) {
+                return Err(bad(
+                    GPUS_FILE,
+                    format!("profile for {prec} on {gpu}, which that GPU does not support"),
                 ));
             }
             let base = g.tuning;
@@ -491,6 +552,42 @@ mod tests {
             assert!(c.precision(p).is_ok(), "{p}");
         }
         assert!(c.gpu("rtx-9999").is_err());
+    }
+
+    #[test]
+    fn precision_support_follows_the_tensor_cores() {
+        let Ok(c) = Catalog::get() else {
+            panic!("catalogue")
+        };
+        let check = |g: &str, p: &str| {
+            let (Ok(gpu), Ok(prec)) = (c.gpu(g), c.precision(p)) else {
+                panic!("{g} {p}")
+            };
+            gpu.check_precision(p, prec).map_err(|e| e.to_string())
+        };
+        for (g, p) in [
+            ("rtx-5090", "nvfp4"),
+            ("rtx-5090", "fp8"),
+            ("rtx-4090", "fp8"),
+            ("h100-sxm", "fp8"),
+            ("a100-80gb", "bf16"),
+            ("a100-80gb", "awq"),
+            ("l40s", "gptq"),
+        ] {
+            assert!(check(g, p).is_ok(), "{g} {p}");
+        }
+        for (g, p, format) in [
+            ("a100-80gb", "nvfp4", "FP4"),
+            ("rtx-4090", "nvfp4", "FP4"),
+            ("h200", "fp4", "FP4"),
+            ("a100-80gb", "fp8", "FP8"),
+        ] {
+            let e = check(g, p).err().unwrap_or_default();
+            assert!(
+                e.contains(g) && e.contains(p) && e.contains(format),
+                "{g} {p}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl EngineConfig {
         let gpu = cat.gpu(&self.gpu)?.clone();
         let model = cat.model(&self.model)?.clone();
         let precision = cat.precision(&self.precision)?.clone();
+        gpu.check_precision(&self.precision, &precision)?;
         let tuning = cat.tuning(&gpu, &precision);
         let u = self.gpu_memory_utilization;
         if !(u > 0.0 && u <= 1.0) {

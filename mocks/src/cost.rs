@@ -2,7 +2,7 @@
 //!
 //! A roofline (REFERENCES.md, "Roofline"): a step reads every weight once plus the KV cache of
 //! the batch (memory term), and does `2 × params` FLOPs per token plus attention (compute term);
-//! it takes as long as the slower of the two, at a fitted fraction of the spec-sheet peak, plus a
+//! it takes as long as the slower of the two, at a tuned fraction of the spec-sheet peak, plus a
 //! fixed per-step cost and a cost per sequence and layer. The latter is the "batch slope" the
 //! published runs show: decode steps grow by ~100-250 µs per added sequence, far more than the
 //! KV bytes explain, and in proportion to the layer count (8B vs 32B on the same H100) — the
@@ -16,8 +16,13 @@
 //! - LoRA: a step serving any adapter costs (1 + fixed_frac + per_rank_frac × rank) times more
 //!   (vLLM PR #11267 and issue #10062, see `catalog/precisions.toml`), plus any adapter load.
 //!
-//! The efficiencies and overheads are per GPU and precision (`catalog/gpus.toml`), fitted to
-//! `/work/shared/calibration/published-runs.csv` by [`crate::calibration`].
+//! The efficiencies and overheads are per GPU and precision (`catalog/gpus.toml`). No code fits
+//! them: they were tuned by hand, replaying `/work/shared/calibration/published-runs.csv` with
+//! `tenantbench calibrate` ([`crate::calibration`] only predicts and reports the error). Only
+//! three profiles have rows behind them: rtx-4090 bf16 (P01-P04, P08-P10), h100-pcie bf16
+//! (P05-P07, P11-P14) and rtx-5090 (bf16 P16, nvfp4 P15). The other GPUs' values, and the
+//! w4a16 overrides, are estimates carried over from those by analogy (similar kernels and
+//! memory systems), not fits; treat predictions for them as less certain.
 
 use std::time::Duration;
 

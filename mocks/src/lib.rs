@@ -66,12 +66,9 @@ impl Simulator {
             "Chunked prefill is enabled with max_num_batched_tokens={}.",
             spec.max_num_batched_tokens
         );
-        tracing::info!("GPU KV cache size: {} tokens", plan.kv_cache_tokens);
-        tracing::info!(
-            "Maximum concurrency for {} tokens per request: {:.2}x",
-            plan.max_model_len,
-            plan.max_concurrency
-        );
+        for line in plan.startup_log_lines() {
+            tracing::info!("{line}");
+        }
         // Load the tokenizer table now, not on the first request (~100 ms).
         wire::tokens::warm_up();
         let _ = wire::tokens::Vocabulary::get();

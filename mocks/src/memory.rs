@@ -45,6 +45,40 @@ pub struct MemoryPlan {
     pub num_gpu_blocks: u64,
 }
 
+impl MemoryPlan {
+    /// vLLM's two start-up lines about the cache, worded and formatted as
+    /// `vllm/v1/core/kv_cache_utils.py` logs them (`f"{n:,}"` thousands separators, `%.2fx`):
+    /// "GPU KV cache size: 84,656 tokens" and
+    /// "Maximum concurrency for 8,192 tokens per request: 10.33x". Log scrapers written for
+    /// vLLM read them from the simulator too.
+    pub fn startup_log_lines(&self) -> [String; 2] {
+        [
+            format!(
+                "GPU KV cache size: {} tokens",
+                thousands(self.kv_cache_tokens)
+            ),
+            format!(
+                "Maximum concurrency for {} tokens per request: {:.2}x",
+                thousands(u64::from(self.max_model_len)),
+                self.max_concurrency
+            ),
+        ]
+    }
+}
+
+/// `n` with a comma every three digits, as Python's `f"{n:,}"`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// What an engine needs, independent of whether it fits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryNeeds {
@@ -283,4 +317,47 @@ pub fn plan_shared_gpu(engines: &[EngineConfig]) -> Result<Vec<MemoryPlan>, SimE
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators_match_pythons_format() {
+        for (n, s) in [
+            (0, "0"),
+            (999, "999"),
+            (1_000, "1,000"),
+            (84_656, "84,656"),
+            (464_848, "464,848"),
+            (1_234_567, "1,234,567"),
+        ] {
+            assert_eq!(thousands(n), s);
+        }
+    }
+
+    #[test]
+    fn startup_lines_read_like_vllms() {
+        let plan = MemoryPlan {
+            gpu_memory_bytes: 0,
+            budget_bytes: 0,
+            weights_bytes: 0,
+            lora_bytes: 0,
+            activation_bytes: 0,
+            kv_cache_bytes: 0,
+            kv_bytes_per_token: 0,
+            kv_cache_tokens: 84_656,
+            max_model_len: 8_192,
+            max_concurrency: 84_656.0 / 8_192.0,
+            num_gpu_blocks: 84_656 / 16,
+        };
+        assert_eq!(
+            plan.startup_log_lines(),
+            [
+                "GPU KV cache size: 84,656 tokens".to_string(),
+                "Maximum concurrency for 8,192 tokens per request: 10.33x".to_string(),
+            ]
+        );
+    }
 }

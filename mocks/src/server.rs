@@ -884,6 +884,11 @@ async fn unload_lora(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         return ApiError::bad_request("'lora_name' must be provided.", Some("lora_name".into()))
             .into_response();
     };
+    // As in vLLM, unloading removes the adapter from the serving layer only: new requests for
+    // it get 404, but requests already running keep their adapter (a vLLM request carries its
+    // own LoRARequest and the worker reloads the weights for its batch), so in-flight streams
+    // run to their normal end with a finish chunk and `[DONE]` (tests/it/api.rs,
+    // `unloading_an_adapter_lets_in_flight_streams_finish_and_404s_new_requests`).
     let removed = s.lock_core().engine.adapters_mut().unregister(&name);
     match removed {
         Some(_) => text_ok(format!(

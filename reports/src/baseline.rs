@@ -44,6 +44,7 @@ fn compare_scope(
             passed,
             failures: Vec::new(),
             error: None,
+            skipped: None,
         });
     };
     for lat in LATENCIES {

@@ -163,11 +163,18 @@ pub struct GateResult {
     pub failures: Vec<GateFailure>,
     /// Why the gate could not be evaluated (unknown metric, group or tenant), if so.
     pub error: Option<String>,
+    /// Why the gate was not evaluated at all: in a shard, its tenant or group ran elsewhere.
+    /// A skipped gate counts as passed; the merged result evaluates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl GateResult {
     /// One line for a terminal or CI log: `PASS name: tenant t1 ttft_ms.p99 = 512.3 < 800`.
     pub fn describe(&self) -> String {
+        if let Some(why) = &self.skipped {
+            return format!("SKIP {}: {} {}; {why}", self.name, self.scope, self.metric);
+        }
         let verdict = if self.passed { "PASS" } else { "FAIL" };
         let observed = self
             .observed
@@ -196,6 +203,9 @@ pub(crate) struct GateScopes {
     pub overall: Value,
     pub groups: Vec<(String, Value)>,
     pub tenants: Vec<(String, Value)>,
+    /// The run holds only part of the scenario's tenants (a shard): a gate whose tenant or
+    /// group is absent ran on another machine, so it is skipped instead of failed.
+    pub partial: bool,
 }
 
 /// A scope's statistics as JSON, with its cost section under `cost` where it has one.
@@ -253,6 +263,7 @@ pub(crate) fn evaluate(spec: &GateSpec, scopes: &GateScopes) -> GateResult {
         passed: false,
         failures: Vec::new(),
         error: None,
+        skipped: None,
     };
     let subjects: Vec<(String, &Value)> = match &spec.scope {
         GateScope::Overall => vec![("overall".to_owned(), &scopes.overall)],
@@ -275,6 +286,14 @@ pub(crate) fn evaluate(spec: &GateSpec, scopes: &GateScopes) -> GateResult {
             .collect(),
     };
     if subjects.is_empty() {
+        if scopes.partial && matches!(spec.scope, GateScope::Group(_) | GateScope::Tenant(_)) {
+            result.passed = true;
+            result.skipped = Some(format!(
+                "{} is not in this shard; `tenantbench report merge` evaluates it",
+                spec.scope
+            ));
+            return result;
+        }
         result.error = Some(format!("the run has no {}", spec.scope));
         return result;
     }
@@ -329,6 +348,7 @@ mod tests {
                 ("b".to_owned(), scope_value(&slow, no_cost)),
                 ("c".to_owned(), scope_value(&empty, no_cost)),
             ],
+            partial: false,
         }
     }
 
@@ -432,6 +452,34 @@ mod tests {
             r.error.as_deref().is_some_and(|e| e.contains("object")),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn a_shard_skips_gates_on_tenants_it_does_not_hold() {
+        let mut s = scopes();
+        let gate = spec(
+            GateScope::Tenant("elsewhere".into()),
+            "error_rate",
+            GateOp::Lt,
+            1.0,
+        );
+        assert!(
+            !evaluate(&gate, &s).passed,
+            "unsharded: a missing tenant fails"
+        );
+        s.partial = true;
+        let r = evaluate(&gate, &s);
+        assert!(r.passed && r.skipped.is_some(), "{r:?}");
+        assert!(r.describe().starts_with("SKIP"), "{}", r.describe());
+        // A tenant the shard does hold is still evaluated.
+        let held = spec(
+            GateScope::Tenant("b".into()),
+            "ttft_ms.p99",
+            GateOp::Lt,
+            800.0,
+        );
+        let r = evaluate(&held, &s);
+        assert!(!r.passed && r.skipped.is_none(), "{r:?}");
     }
 
     #[test]

@@ -139,7 +139,8 @@ fn busiest_window(points: &[(f64, u64)], window_ms: f64) -> u64 {
 }
 
 /// Evaluates isolation over every (non-warm-up-filtered) record of the run: phases may include
-/// the warm-up if the scenario says so.
+/// the warm-up if the scenario says so. `tenants` are the run's tenants: aggressors not among
+/// them (in another shard) are left out of the verdict, and every other tenant is a victim.
 pub fn evaluate(
     spec: &IsolationSpec,
     tenants: &[String],
@@ -167,9 +168,12 @@ pub fn evaluate(
     }
     let span_s = (spec.test.end_s - spec.test.start_s).max(f64::MIN_POSITIVE);
     let window_ms = 60_000.0_f64.min(span_s * 1000.0);
+    // An aggressor the run holds no tenant for (it ran in another shard) has no traffic here to
+    // judge; reporting it would claim "limits held" on nothing. The merged run judges it.
     let aggressors: Vec<AggressorResult> = spec
         .aggressors
         .iter()
+        .filter(|a| tenants.contains(&a.tenant))
         .map(|a| {
             let rs: Vec<&RequestRecord> = by_tenant(&a.tenant)
                 .into_iter()
@@ -306,5 +310,23 @@ mod tests {
         let rep = evaluate(&spec(), &["agg".to_string()], &records);
         assert!(!rep.aggressors[0].limits_held);
         assert!(!rep.passed, "no victims and a broken limit");
+    }
+
+    #[test]
+    fn aggressors_outside_the_run_are_left_out() {
+        // A shard that holds only victims: the aggressor ran elsewhere.
+        let records: Vec<_> = (0..10)
+            .flat_map(|i| {
+                let t = f64::from(i) * 900.0;
+                [
+                    ok_record("calm", t, 100.0, 500.0),
+                    ok_record("calm", 10_000.0 + t, 110.0, 500.0),
+                ]
+            })
+            .collect();
+        let rep = evaluate(&spec(), &["calm".to_string()], &records);
+        assert!(rep.aggressors.is_empty(), "{:?}", rep.aggressors);
+        assert_eq!(rep.victims.len(), 1);
+        assert!(rep.passed, "{rep:?}");
     }
 }

@@ -22,6 +22,7 @@
 //! - [`summary`] — `summary.json`.
 //! - [`table`] — the terminal summary.
 //! - [`interval_log`], [`plot`], [`html`], [`results`] — the files of the results directory.
+//! - [`merge`] — one result from the shards of a multi-machine run (`tenantbench report merge`).
 
 pub mod aggregate;
 pub mod baseline;
@@ -33,6 +34,7 @@ pub mod html;
 pub mod interval_log;
 pub mod isolation;
 pub mod junit;
+pub mod merge;
 pub mod plot;
 pub mod record;
 pub mod results;
@@ -48,9 +50,10 @@ pub use distribution::{Distribution, LatencyStats};
 pub use error::ReportError;
 pub use gate::{GateFailure, GateOp, GateResult, GateScope, GateSpec};
 pub use isolation::{IsolationReport, IsolationSpec};
+pub use merge::MergeError;
 pub use record::{Outcome, RequestRecord};
 pub use results::{RequestRow, TenantRow, write_results};
-pub use run::{EngineInfo, RunData, TenantInfo};
+pub use run::{EngineInfo, RunData, ShardInfo, TenantInfo};
 pub use slo::{SloSpec, SloVerdict};
 pub use summary::{GroupSummary, Summary, TenantSummary, summarize};
 pub use table::render_table;

@@ -1,5 +1,5 @@
 //! The results directory (DESIGN §6): `summary.json`, `requests.csv`, `tenants.csv`,
-//! `histograms/*.hlog`, `plots/*.svg` and `report.html`.
+//! `histograms/*.hlog`, `plots/*.svg`, `report.html`, and `run.json` (the raw run, for merging).
 //!
 //! CSV rows are typed ([`RequestRow`], [`TenantRow`]) so the columns are declared once and a
 //! consumer can read the files back with the same types. Empty cells mean "no value" (`None`),
@@ -34,6 +34,9 @@ pub const VLLM_BENCH_JSON: &str = "vllm-bench.json";
 pub const HISTOGRAMS_DIR: &str = "histograms";
 /// Plots as SVG.
 pub const PLOTS_DIR: &str = "plots";
+/// The run's [`RunData`] (every record), so `tenantbench report merge` can merge shards from
+/// the raw records instead of from percentiles.
+pub const RUN_JSON: &str = "run.json";
 
 /// One row of `requests.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,6 +220,16 @@ pub fn write_results(dir: &Path, run: &RunData, summary: &Summary) -> Result<(),
     })?;
     json.push(b'\n');
     fs::write(&path, json).map_err(|e| ReportError::io(&path, e))?;
+
+    // Compact and buffered: it holds every record with its token gaps, the largest file here.
+    let path = dir.join(RUN_JSON);
+    let file = fs::File::create(&path).map_err(|e| ReportError::io(&path, e))?;
+    let mut w = std::io::BufWriter::new(file);
+    serde_json::to_writer(&mut w, run).map_err(|source| ReportError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    std::io::Write::flush(&mut w).map_err(|e| ReportError::io(&path, e))?;
 
     write_csv(
         &dir.join(REQUESTS_CSV),

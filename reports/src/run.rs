@@ -84,6 +84,22 @@ pub struct RunData {
     /// Isolation phases and thresholds, if the scenario declares them.
     #[serde(default)]
     pub isolation: Option<IsolationSpec>,
+    /// Set when the run holds only some of the scenario's tenants (`--shard i/n`, or a merge of
+    /// not all shards): gates scoped to an absent tenant or group are then skipped, not failed.
+    #[serde(default)]
+    pub shard: Option<ShardInfo>,
+}
+
+/// Which part of a scenario a sharded run covered, so `tenantbench report merge` can check that
+/// shards belong together and put the tenants back in scenario order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// The shard's index `i` of `--shard i/n` (0-based).
+    pub index: u32,
+    /// The shard count `n`.
+    pub count: u32,
+    /// Every tenant id of the whole scenario, in scenario order.
+    pub scenario_tenants: Vec<String>,
 }
 
 impl RunData {

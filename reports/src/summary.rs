@@ -3,8 +3,9 @@
 //!
 //! Summarising goes records → one [`Aggregate`] per tenant → groups and overall by merging those
 //! aggregates (histograms, never percentiles of percentiles) → [`Summary`]. The two halves are
-//! public apart ([`aggregate_tenants`], [`build_summary`]) so a future shard merge can rebuild
-//! tenant aggregates from several machines and reuse the second half unchanged. Field names
+//! public apart ([`aggregate_tenants`], [`build_summary`]) so other inputs can reuse the second
+//! half unchanged; `tenantbench report merge` instead concatenates the shards' records (see
+//! [`crate::merge`]), which is exact by construction. Field names
 //! listed in DESIGN §6 are a contract; `reports/schema/summary.schema.json` describes them all.
 
 use std::collections::HashMap;
@@ -302,6 +303,7 @@ pub fn build_summary(run: &RunData, tenants: &[(TenantInfo, Aggregate)]) -> Summ
             .iter()
             .map(|t| (t.tenant.clone(), gate::scope_value(&t.stats, Some(&t.cost))))
             .collect(),
+        partial: run.shard.is_some(),
     };
     let gates = run
         .gates
@@ -406,6 +408,7 @@ pub(crate) mod tests {
             slo: None,
             group_slos: Vec::new(),
             isolation: None,
+            shard: None,
         }
     }
 

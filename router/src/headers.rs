@@ -1,10 +1,11 @@
 //! Response header names the router sets, and the helpers that fill them.
 //!
 //! Rate limits use OpenAI's names (`x-ratelimit-{limit,remaining,reset}-{requests,tokens}`),
-//! which LiteLLM also returns. `reset` is the time until the bucket is full again, written as
-//! seconds with a unit (`"12.5s"`), as OpenAI writes durations. The deployment that served a
-//! request is named with LiteLLM's headers (`x-litellm-model-id`, `x-litellm-model-api-base`,
-//! `x-litellm-model-group`); `x-tenantbench-adapter` names the LoRA adapter sent upstream.
+//! which LiteLLM also returns. `reset` is the time until the oldest entry leaves the 60 s
+//! window, written as seconds with a unit (`"12.5s"`), as OpenAI writes durations. The
+//! deployment that served a request is named with LiteLLM's headers (`x-litellm-model-id`,
+//! `x-litellm-model-api-base`, `x-litellm-model-group`); `x-tenantbench-adapter` names the LoRA
+//! adapter sent upstream.
 //! Headers for a dimension without a limit are left out, as LiteLLM leaves them out when a key
 //! has no limit and the backend sends none.
 

@@ -1,28 +1,42 @@
 //! Rate limits: the [`Limiter`] trait and its in-memory implementation.
 //!
-//! Algorithm: a continuously refilled token bucket per tenant and per dimension (equivalent to
-//! GCRA with a burst equal to the limit). A bucket holds at most the per-minute limit and
-//! refills at limit/60 per second, so a tenant idle for a minute may burst its whole limit and
-//! then proceeds at the steady rate — there are no window edges to game.
+//! Algorithm: a **sliding log** (sliding-window log) per scope and dimension. Every admitted
+//! request leaves an entry stamped with its admission time; an entry counts against the limit
+//! for exactly 60 s and then leaves the window. So the guarantee is stated over *every* 60 s
+//! window, not over buckets or fixed minutes: no window edges to game and no burst on top of
+//! the limit (a token bucket with burst = limit lets nearly twice the limit through in a
+//! minute whose requests are spread out — issue 3 case 2).
 //!
-//! - **RPM**: a request takes one token; it is refused when less than one is left.
-//! - **TPM**: a request reserves its *estimated* tokens (prompt count + `max_tokens`, or the
-//!   configured default) at admission and is admitted while the bucket is not empty (at least
-//!   one token left); the reservation may take the bucket below zero, and that debt delays later
-//!   requests. When the request ends, [`Limiter::reconcile`] replaces the estimate with the real
-//!   usage (streams included), refunding or charging the difference. So the tokens admitted in
-//!   any minute stay within the limit plus one request's tokens, and a short answer to a request
-//!   with a large `max_tokens` does not keep the tenant locked out.
+//! - **RPM**: an entry of 1 per request; a request is admitted only while fewer than the limit
+//!   were admitted in the last 60 s. Never more than `rpm_limit` admitted in any 60 s window.
+//! - **TPM**: an entry of the request's *estimated* tokens (prompt count + `max_tokens`, or the
+//!   configured default), admitted while the window holds fewer tokens than the limit (at least
+//!   one left), as OpenAI and LiteLLM do; so a window may hold the limit plus the last admitted
+//!   request's tokens. When the request ends, [`Limiter::reconcile`] replaces the entry's
+//!   estimate with the real usage (streams included), keeping its timestamp; a request that ran
+//!   longer than the window has its overage charged at the time it ends.
 //! - **Parallel requests**: a counter; the [`ParallelSlot`] is released when dropped, which the
 //!   router does after the last byte of a stream.
+//! - A request that reached no answer (every upstream attempt failed) keeps its RPM entry, as
+//!   LiteLLM counts it (so retrying against a failing upstream is still paced), and has its TPM
+//!   reservation reconciled to zero. [`Limiter::release`] gives back both entries, for a
+//!   request admitted and then dropped before any upstream call.
+//!
+//! Headers: `remaining` = limit − what the window holds; `reset` = when the oldest entry leaves
+//! the window (the next moment `remaining` grows); `Retry-After` = when enough entries will
+//! have left for the refused request to be admitted.
+//!
+//! In memory, entries admitted in the same millisecond are merged, so a scope's log holds at
+//! most 60,000 entries whatever its limit, and every operation is amortised O(1) (finding an
+//! entry to reconcile is a binary search).
 //!
 //! A request is admitted against each of its [`Scope`]s (its tenant, shared by all the tenant's
 //! keys, and its key when the key has limits of its own). All checks of one admission happen
 //! in one critical section over every scope (locks taken in scope-id order), and a refused
-//! request takes nothing. [`crate::redis_state`] implements the same algorithm in a Lua script
-//! so that several router processes share one allowance.
+//! request takes nothing. [`crate::redis_state`] implements the same algorithm with sorted sets
+//! in a Lua script so that several router processes share one allowance.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -30,6 +44,10 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::scope::Scope;
+
+/// How long an admitted request counts against RPM and TPM.
+pub const WINDOW: Duration = Duration::from_secs(60);
+const WINDOW_MS: u64 = 60_000;
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +73,9 @@ impl LimitKind {
 pub struct Window {
     /// The per-minute limit.
     pub limit: u64,
-    /// Whole units left now (0 when in debt).
+    /// Units left in the current 60 s window (0 when the window holds the limit or more).
     pub remaining: u64,
-    /// Time until the bucket is full again.
+    /// Time until the oldest entry leaves the window (zero when the window is empty).
     pub reset: Duration,
 }
 
@@ -118,11 +136,22 @@ impl std::fmt::Debug for ParallelSlot {
     }
 }
 
+/// Names an admitted request's entries in the logs, to reconcile or release them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// Unique per admission (the member name in Redis).
+    pub id: u64,
+    /// Admission time in the in-memory limiter's milliseconds (unused by Redis, whose
+    /// entries are found by `id`).
+    pub at_ms: u64,
+    /// Tokens reserved against TPM.
+    pub tokens: u64,
+}
+
 /// An admitted request's share of the limits.
 #[derive(Debug)]
 pub struct Grant {
-    /// Tokens reserved against TPM (reconcile them with the real usage).
-    pub tokens: u64,
+    pub ticket: Ticket,
     /// What is left after this admission.
     pub allowance: Allowance,
     /// Present when the tenant has `max_parallel_requests`.
@@ -139,114 +168,152 @@ pub trait Limiter: Send + Sync + 'static {
         tokens: u64,
     ) -> BoxFuture<'a, Result<Grant, Refused>>;
 
-    /// Replaces a reservation of `reserved` tokens with the `actual` usage.
+    /// Replaces the ticket's TPM reservation with the `actual` usage.
     fn reconcile<'a>(
         &'a self,
         scopes: &'a [Scope],
-        reserved: u64,
+        ticket: Ticket,
         actual: u64,
     ) -> BoxFuture<'a, ()>;
+
+    /// Gives back everything the ticket took from RPM and TPM (the request was never served).
+    fn release<'a>(&'a self, scopes: &'a [Scope], ticket: Ticket) -> BoxFuture<'a, ()>;
 
     /// What is left now.
     fn allowance<'a>(&'a self, scopes: &'a [Scope]) -> BoxFuture<'a, Allowance>;
 }
 
-/// A token bucket refilled continuously.
+/// One dimension's sliding log: `(admission ms, amount)` entries, oldest first, entries of
+/// one millisecond merged, and their running sum.
 #[derive(Debug, Clone)]
-struct Bucket {
-    capacity: f64,
-    per_second: f64,
-    level: f64,
-    updated: Instant,
+struct Log {
+    limit: u64,
+    entries: VecDeque<(u64, u64)>,
+    used: u64,
 }
 
-impl Bucket {
-    fn per_minute(limit: u64, now: Instant) -> Self {
-        let capacity = limit as f64;
+impl Log {
+    fn new(limit: u64) -> Self {
         Self {
-            capacity,
-            per_second: capacity / 60.0,
-            level: capacity,
-            updated: now,
+            limit,
+            entries: VecDeque::new(),
+            used: 0,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.level = (self.level + dt * self.per_second).min(self.capacity);
-        self.updated = now;
-    }
-
-    /// Time until at least `need` units are available.
-    fn wait_for(&self, need: f64) -> Duration {
-        let short = need - self.level;
-        if short <= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(short / self.per_second)
+    /// Drops entries that left the window (and emptied ones at the front, so `reset` names
+    /// an entry that still counts).
+    fn prune(&mut self, now: u64) {
+        while let Some(&(t, a)) = self.entries.front() {
+            if now.saturating_sub(t) >= WINDOW_MS || a == 0 {
+                self.used = self.used.saturating_sub(a);
+                self.entries.pop_front();
+            } else {
+                break;
+            }
         }
     }
 
-    fn window(&self) -> Window {
+    fn add(&mut self, now: u64, amount: u64) {
+        match self.entries.back_mut() {
+            Some((t, a)) if *t == now => *a += amount,
+            _ => self.entries.push_back((now, amount)),
+        }
+        self.used += amount;
+    }
+
+    /// Replaces `reserved` of the entry admitted at `at` with `actual`. An entry that already
+    /// left the window has nothing to refund; an overage is then charged now.
+    fn adjust(&mut self, at: u64, reserved: u64, actual: u64, now: u64) {
+        // Entries that already left the window must not take the overage out with them.
+        self.prune(now);
+        let i = self.entries.partition_point(|&(t, _)| t < at);
+        match self.entries.get_mut(i).filter(|(t, _)| *t == at) {
+            Some((_, a)) => {
+                let take = reserved.min(*a);
+                *a = *a - take + actual;
+                self.used = self.used - take + actual;
+            }
+            None if actual > reserved => self.add(now, actual - reserved),
+            None => {}
+        }
+        self.prune(now);
+    }
+
+    /// Whether a request may be admitted: the window holds less than the limit.
+    fn full(&self) -> bool {
+        self.used >= self.limit
+    }
+
+    /// Time until the window holds less than the limit.
+    fn retry_after(&self, now: u64) -> Duration {
+        let mut left = self.used;
+        for &(t, a) in &self.entries {
+            left = left.saturating_sub(a);
+            if left < self.limit {
+                return Duration::from_millis((t + WINDOW_MS).saturating_sub(now));
+            }
+        }
+        Duration::ZERO
+    }
+
+    fn window(&self, now: u64) -> Window {
         Window {
-            limit: self.capacity as u64,
-            remaining: self.level.max(0.0).floor() as u64,
-            reset: self.wait_for(self.capacity),
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(self.used),
+            reset: self.entries.front().map_or(Duration::ZERO, |&(t, _)| {
+                Duration::from_millis((t + WINDOW_MS).saturating_sub(now))
+            }),
         }
     }
 }
 
 #[derive(Debug)]
 struct Limits {
-    rpm: Option<Bucket>,
-    tpm: Option<Bucket>,
+    rpm: Option<Log>,
+    tpm: Option<Log>,
     max_parallel: Option<u32>,
     in_flight: u32,
 }
 
 impl Limits {
-    fn new(s: &Scope, now: Instant) -> Self {
+    fn new(s: &Scope) -> Self {
         Self {
-            rpm: s.rpm.map(|l| Bucket::per_minute(l.get(), now)),
-            tpm: s.tpm.map(|l| Bucket::per_minute(l.get(), now)),
+            rpm: s.rpm.map(|l| Log::new(l.get())),
+            tpm: s.tpm.map(|l| Log::new(l.get())),
             max_parallel: s.max_parallel.map(|n| n.get()),
             in_flight: 0,
         }
     }
 
-    /// Follows a change of the scope's limits (`/key/update`) without losing its position.
-    fn adopt(&mut self, s: &Scope, now: Instant) {
-        let fix = |b: &mut Option<Bucket>, limit: Option<u64>| match (b.as_mut(), limit) {
-            (Some(cur), Some(l)) if cur.capacity as u64 == l => {}
-            (Some(cur), Some(l)) => {
-                let used = cur.capacity - cur.level;
-                let mut nb = Bucket::per_minute(l, now);
-                nb.level = nb.capacity - used;
-                *b = Some(nb);
-            }
-            (None, Some(l)) => *b = Some(Bucket::per_minute(l, now)),
-            (_, None) => *b = None,
+    /// Follows a change of the scope's limits (`/key/update`), keeping the log: what was
+    /// admitted in the window still counts against the new limit.
+    fn adopt(&mut self, s: &Scope) {
+        let fix = |log: &mut Option<Log>, limit: Option<u64>| match (log.as_mut(), limit) {
+            (Some(cur), Some(l)) => cur.limit = l,
+            (None, Some(l)) => *log = Some(Log::new(l)),
+            (_, None) => *log = None,
         };
         fix(&mut self.rpm, s.rpm.map(|l| l.get()));
         fix(&mut self.tpm, s.tpm.map(|l| l.get()));
         self.max_parallel = s.max_parallel.map(|n| n.get());
     }
 
-    fn refill(&mut self, now: Instant) {
-        for b in [&mut self.rpm, &mut self.tpm].into_iter().flatten() {
-            b.refill(now);
+    fn prune(&mut self, now: u64) {
+        for l in [&mut self.rpm, &mut self.tpm].into_iter().flatten() {
+            l.prune(now);
         }
     }
 
-    fn allowance(&self) -> Allowance {
+    fn allowance(&self, now: u64) -> Allowance {
         Allowance {
-            requests: self.rpm.as_ref().map(Bucket::window),
-            tokens: self.tpm.as_ref().map(Bucket::window),
+            requests: self.rpm.as_ref().map(|l| l.window(now)),
+            tokens: self.tpm.as_ref().map(|l| l.window(now)),
         }
     }
 
     /// The first limit that refuses a request, if any.
-    fn refusal(&self) -> Option<(LimitKind, u64, Duration)> {
+    fn refusal(&self, now: u64) -> Option<(LimitKind, u64, Duration)> {
         if let Some(max) = self.max_parallel
             && self.in_flight >= max
         {
@@ -257,14 +324,14 @@ impl Limits {
                 Duration::from_secs(1),
             ));
         }
-        for (kind, b) in [
+        for (kind, log) in [
             (LimitKind::Requests, &self.rpm),
             (LimitKind::Tokens, &self.tpm),
         ] {
-            if let Some(b) = b
-                && b.level < 1.0
+            if let Some(l) = log
+                && l.full()
             {
-                return Some((kind, b.capacity as u64, b.wait_for(1.0)));
+                return Some((kind, l.limit, l.retry_after(now)));
             }
         }
         None
@@ -292,16 +359,27 @@ impl Allowance {
 
 type Cell = Arc<Mutex<Limits>>;
 
-/// Rate limits in process memory: one mutex per scope, held for a few float operations and
+/// Rate limits in process memory: one mutex per scope, held for a few integer operations and
 /// never across an `.await`, so scopes never contend with each other. Each router process
 /// enforces its own allowance.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryLimiter {
     cells: Arc<RwLock<HashMap<Arc<str>, Cell>>>,
+    /// Time zero of the logs' millisecond stamps.
+    epoch: Instant,
 }
 
-/// Locks a cell; a poisoned lock only means a panic between two float updates, and the numbers
-/// remain usable.
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        Self {
+            cells: Arc::default(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// Locks a cell; a poisoned lock only means a panic between two integer updates, and the
+/// numbers remain usable.
 fn lock(c: &Cell) -> std::sync::MutexGuard<'_, Limits> {
     c.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -311,7 +389,16 @@ impl MemoryLimiter {
         Self::default()
     }
 
-    /// The cell of a scope with limits, created on first use with full buckets.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
+    }
+
+    /// The cell of a scope with limits, created on first use with empty logs.
     fn cell(&self, s: &Scope) -> Option<Cell> {
         if !s.has_limits() {
             return None;
@@ -325,7 +412,7 @@ impl MemoryLimiter {
         let mut map = self.cells.write().unwrap_or_else(|e| e.into_inner());
         Some(
             map.entry(s.id.clone())
-                .or_insert_with(|| Arc::new(Mutex::new(Limits::new(s, Instant::now()))))
+                .or_insert_with(|| Arc::new(Mutex::new(Limits::new(s))))
                 .clone(),
         )
     }
@@ -344,16 +431,16 @@ impl MemoryLimiter {
     /// Synchronous core of [`Limiter::admit`].
     pub fn try_admit(&self, scopes: &[Scope], tokens: u64) -> Result<Grant, Rejection> {
         let cells = self.cells_of(scopes);
-        let now = Instant::now();
+        let now = self.now_ms();
         let mut guards: Vec<_> = cells.iter().map(|(_, c)| lock(c)).collect();
         let mut allowance = Allowance::default();
         for ((s, _), g) in cells.iter().zip(guards.iter_mut()) {
-            g.adopt(s, now);
-            g.refill(now);
-            allowance = allowance.merge(g.allowance());
+            g.adopt(s);
+            g.prune(now);
+            allowance = allowance.merge(g.allowance(now));
         }
         for g in &guards {
-            if let Some((kind, limit, retry_after)) = g.refusal() {
+            if let Some((kind, limit, retry_after)) = g.refusal(now) {
                 return Err(Rejection {
                     kind,
                     limit,
@@ -365,17 +452,17 @@ impl MemoryLimiter {
         let mut allowance = Allowance::default();
         let mut parallel = Vec::new();
         for ((_, c), g) in cells.iter().zip(guards.iter_mut()) {
-            if let Some(b) = &mut g.rpm {
-                b.level -= 1.0;
+            if let Some(l) = &mut g.rpm {
+                l.add(now, 1);
             }
-            if let Some(b) = &mut g.tpm {
-                b.level -= tokens as f64;
+            if let Some(l) = &mut g.tpm {
+                l.add(now, tokens);
             }
             if g.max_parallel.is_some() {
                 g.in_flight += 1;
                 parallel.push(c.clone());
             }
-            allowance = allowance.merge(g.allowance());
+            allowance = allowance.merge(g.allowance(now));
         }
         drop(guards);
         let slot = (!parallel.is_empty()).then(|| {
@@ -387,32 +474,49 @@ impl MemoryLimiter {
             })
         });
         Ok(Grant {
-            tokens,
+            ticket: Ticket {
+                // Entries are found by time in memory; the id only matters to Redis.
+                id: 0,
+                at_ms: now,
+                tokens,
+            },
             allowance,
             slot,
         })
     }
 
     /// Synchronous core of [`Limiter::reconcile`].
-    pub fn settle_tokens(&self, scopes: &[Scope], reserved: u64, actual: u64) {
-        let now = Instant::now();
+    pub fn settle_tokens(&self, scopes: &[Scope], ticket: Ticket, actual: u64) {
+        let now = self.now_ms();
+        for (_, c) in self.cells_of(scopes) {
+            if let Some(l) = &mut lock(&c).tpm {
+                l.adjust(ticket.at_ms, ticket.tokens, actual, now);
+            }
+        }
+    }
+
+    /// Synchronous core of [`Limiter::release`].
+    pub fn give_back(&self, scopes: &[Scope], ticket: Ticket) {
+        let now = self.now_ms();
         for (_, c) in self.cells_of(scopes) {
             let mut g = lock(&c);
-            g.refill(now);
-            if let Some(b) = &mut g.tpm {
-                b.level = (b.level + reserved as f64 - actual as f64).min(b.capacity);
+            if let Some(l) = &mut g.rpm {
+                l.adjust(ticket.at_ms, 1, 0, now);
+            }
+            if let Some(l) = &mut g.tpm {
+                l.adjust(ticket.at_ms, ticket.tokens, 0, now);
             }
         }
     }
 
     /// Synchronous core of [`Limiter::allowance`].
     pub fn current(&self, scopes: &[Scope]) -> Allowance {
-        let now = Instant::now();
+        let now = self.now_ms();
         let mut a = Allowance::default();
         for (_, c) in self.cells_of(scopes) {
             let mut g = lock(&c);
-            g.refill(now);
-            a = a.merge(g.allowance());
+            g.prune(now);
+            a = a.merge(g.allowance(now));
         }
         a
     }
@@ -437,10 +541,15 @@ impl Limiter for MemoryLimiter {
     fn reconcile<'a>(
         &'a self,
         scopes: &'a [Scope],
-        reserved: u64,
+        ticket: Ticket,
         actual: u64,
     ) -> BoxFuture<'a, ()> {
-        self.settle_tokens(scopes, reserved, actual);
+        self.settle_tokens(scopes, ticket, actual);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn release<'a>(&'a self, scopes: &'a [Scope], ticket: Ticket) -> BoxFuture<'a, ()> {
+        self.give_back(scopes, ticket);
         Box::pin(std::future::ready(()))
     }
 
@@ -461,26 +570,57 @@ mod tests {
         s
     }
 
+    async fn advance_ms(ms: u64) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn rpm_bucket_refuses_then_refills() {
+    async fn rpm_log_refuses_until_the_oldest_entry_leaves_the_window() {
         let t = [scope_with(|c| c.rpm = NonZeroU64::new(2))];
         let l = MemoryLimiter::new();
         assert!(l.try_admit(&t, 0).is_ok());
-        let second = l.try_admit(&t, 0);
-        assert_eq!(
-            second
-                .map(|g| g.allowance.requests.map(|w| w.remaining))
-                .ok(),
-            Some(Some(0))
-        );
+        advance_ms(10_000).await;
+        let second = l.try_admit(&t, 0).map(|g| g.allowance.requests);
+        let w = second.ok().flatten();
+        assert_eq!(w.map(|w| w.remaining), Some(0));
+        // Reset: the first entry leaves 60 s after it was admitted, 50 s from now.
+        assert_eq!(w.map(|w| w.reset), Some(Duration::from_secs(50)));
         let r = l.try_admit(&t, 0).err();
         assert_eq!(r.as_ref().map(|r| r.kind), Some(LimitKind::Requests));
-        // 2 per minute refills one request every 30 s.
-        assert_eq!(r.map(|r| r.retry_after), Some(Duration::from_secs(30)));
-        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(r.map(|r| r.retry_after), Some(Duration::from_secs(50)));
+        advance_ms(49_999).await;
         assert!(l.try_admit(&t, 0).is_err());
-        tokio::time::advance(Duration::from_secs(1)).await;
+        advance_ms(1).await;
         assert!(l.try_admit(&t, 0).is_ok());
+        // The second entry still counts until 70 s.
+        assert!(l.try_admit(&t, 0).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spread_requests_get_no_more_than_the_limit_in_any_window() {
+        // Issue 3 case 2 in one process: 30 requests over 20 s against 10 per minute. A
+        // token bucket with burst 10 lets 13 through here (10 + 20 s × 10/60); the log lets 10.
+        let t = [scope_with(|c| c.rpm = NonZeroU64::new(10))];
+        let l = MemoryLimiter::new();
+        let mut admitted = Vec::new();
+        for i in 0..120u64 {
+            if l.try_admit(&t, 0).is_ok() {
+                admitted.push(i * 700);
+            }
+            advance_ms(700).await;
+        }
+        // 120 requests over 84 s: every 60 s window holds at most 10 admissions.
+        for (i, start) in admitted.iter().enumerate() {
+            let inside = admitted[i..]
+                .iter()
+                .filter(|t| **t < start + WINDOW_MS)
+                .count();
+            assert!(
+                inside <= 10,
+                "{inside} admitted in the window from {start} ms"
+            );
+        }
+        assert_eq!(admitted.iter().filter(|t| **t < 20_000).count(), 10);
     }
 
     #[tokio::test(start_paused = true)]
@@ -490,16 +630,56 @@ mod tests {
         let t = [scope_with(|c| c.tpm = NonZeroU64::new(100))];
         let l = MemoryLimiter::new();
         for _ in 0..2 {
-            let g = l.try_admit(&t, 266);
-            assert!(g.is_ok());
-            l.settle_tokens(&t, 266, 80);
+            let g = l.try_admit(&t, 266).map(|g| g.ticket);
+            let Ok(ticket) = g else { panic!("admitted") };
+            assert_eq!(l.current(&t).tokens.map(|w| w.remaining), Some(0));
+            l.settle_tokens(&t, ticket, 80);
+            advance_ms(1_000).await;
         }
         let w = l.current(&t).tokens.map(|w| w.remaining);
         assert_eq!(w, Some(0));
         let r = l.try_admit(&t, 266).err();
         assert_eq!(r.as_ref().map(|r| r.kind), Some(LimitKind::Tokens));
-        // 61 tokens short at 100/60 per second: 36.6 s.
-        assert_eq!(r.map(|r| r.retry_after.as_millis()), Some(36_600));
+        // 160 in the window: once the first 80 leave (at 60 s, 58 s from now) 80 < 100.
+        assert_eq!(r.map(|r| r.retry_after), Some(Duration::from_secs(58)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconcile_after_the_window_charges_only_the_overage() {
+        let t = [scope_with(|c| c.tpm = NonZeroU64::new(1_000))];
+        let l = MemoryLimiter::new();
+        let Ok(g) = l.try_admit(&t, 100) else {
+            panic!("admitted")
+        };
+        advance_ms(61_000).await;
+        l.settle_tokens(&t, g.ticket, 150);
+        assert_eq!(l.current(&t).tokens.map(|w| w.remaining), Some(950));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_gives_back_the_request_and_its_tokens() {
+        let t = [scope_with(|c| {
+            c.rpm = NonZeroU64::new(2);
+            c.tpm = NonZeroU64::new(1_000);
+        })];
+        let l = MemoryLimiter::new();
+        let Ok(a) = l.try_admit(&t, 300) else {
+            panic!("admitted")
+        };
+        let Ok(b) = l.try_admit(&t, 200) else {
+            panic!("admitted")
+        };
+        l.give_back(&t, b.ticket);
+        let now = l.current(&t);
+        assert_eq!(now.requests.map(|w| w.remaining), Some(1));
+        assert_eq!(now.tokens.map(|w| w.remaining), Some(700));
+        l.give_back(&t, a.ticket);
+        let now = l.current(&t);
+        assert_eq!(
+            now.requests.map(|w| (w.remaining, w.reset)),
+            Some((2, Duration::ZERO))
+        );
+        assert_eq!(now.tokens.map(|w| w.remaining), Some(1_000));
     }
 
     #[tokio::test(start_paused = true)]
@@ -512,7 +692,7 @@ mod tests {
         let g = l.try_admit(&t, 150);
         assert!(g.is_ok());
         assert!(l.try_admit(&t, 1).is_err());
-        // The refused request did not spend a request token: 9 remain.
+        // The refused request did not take a request: 9 remain.
         let a = l.current(&t);
         assert_eq!(a.requests.map(|w| w.remaining), Some(9));
         assert_eq!(a.tokens.map(|w| w.remaining), Some(0));

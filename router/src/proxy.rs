@@ -44,7 +44,7 @@ use crate::config::Deployment;
 use crate::error::ApiError;
 use crate::headers;
 use crate::ledger::{Hold, Money, ReserveError};
-use crate::limiter::{Allowance, Grant, ParallelSlot, Refused};
+use crate::limiter::{Allowance, Grant, ParallelSlot, Refused, Ticket};
 use crate::metrics::{Refusal, Who};
 use crate::relay::Tally;
 use crate::scope::Scope;
@@ -401,7 +401,7 @@ impl Exchange {
             self.state.ledger.release(&p.scopes, h).await;
         }
         if let Some(g) = a.grant {
-            self.state.limiter.reconcile(&p.scopes, g.tokens, 0).await;
+            self.state.limiter.reconcile(&p.scopes, g.ticket, 0).await;
         }
     }
 
@@ -583,7 +583,7 @@ impl Exchange {
             Outcome::Ok
         };
         let Admission { hold, grant } = admission;
-        let reserved = grant.as_ref().map(|g| g.tokens);
+        let reserved = grant.as_ref().map(|g| g.ticket);
         // The row is committed before the body is handed over (see the module docs).
         self.account(&p, hold, reserved, &dep, bill, outcome).await;
         if reply.send(resp).is_err() {
@@ -609,7 +609,7 @@ impl Exchange {
         let dep = served.deployment;
         let Admission { hold, grant } = admission;
         let (reserved, slot) = match grant {
-            Some(g) => (Some(g.tokens), g.slot),
+            Some(g) => (Some(g.ticket), g.slot),
             None => (None, None),
         };
         let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_QUEUE);
@@ -703,7 +703,7 @@ impl Exchange {
         &mut self,
         p: &Prepared,
         hold: Option<Hold>,
-        reserved_tokens: Option<u64>,
+        reserved_tokens: Option<Ticket>,
         dep: &Deployment,
         bill: Bill,
         outcome: Outcome,

@@ -1,11 +1,14 @@
 //! Limits and budget holds in Redis, shared by every router process that points at it.
 //!
 //! Each admission is one Lua script (Redis runs a script atomically), so N replicas enforce one
-//! allowance with no read-then-write race: the script refills the buckets with Redis's own
+//! allowance with no read-then-write race: the script drops what left the window by Redis's own
 //! clock (`TIME`, the same for every replica), checks every limit of every scope, and only then
-//! takes them. The algorithm is the in-memory one ([`crate::limiter`]): a token bucket per scope
-//! and dimension (GCRA-equivalent), TPM reserving the estimate and reconciled with usage;
-//! budgets hold the worst case ([`crate::ledger`]).
+//! takes them. The algorithm is the in-memory one ([`crate::limiter`]): a sliding log per scope
+//! and dimension, as sorted sets scored by admission time in ms (RPM: one member per request;
+//! TPM: one member per request, its tokens in a hash beside it with their running sum), TPM
+//! reserving the estimate and reconciled with usage by member; budgets hold the worst case
+//! ([`crate::ledger`]). A log's keys expire 61 s after their last write, when nothing in them
+//! can count any more.
 //!
 //! A replica that dies holding a parallel-request slot or a budget hold cannot give it back, so
 //! both are leases: slots are members of a sorted set scored by expiry, holds are entries of a
@@ -22,7 +25,7 @@ use redis::aio::MultiplexedConnection;
 use crate::clock::Clock;
 use crate::ledger::{BudgetExceeded, BudgetStatus, Hold, Ledger, Money, ReserveError};
 use crate::limiter::{
-    Allowance, Grant, LimitKind, Limiter, ParallelSlot, Refused, Rejection, Window,
+    Allowance, Grant, LimitKind, Limiter, ParallelSlot, Refused, Rejection, Ticket, Window,
 };
 use crate::scope::Scope;
 
@@ -32,81 +35,146 @@ pub const LEASE: Duration = Duration::from_secs(900);
 const LIMIT_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local W = 60000
 local n = tonumber(ARGV[1])
 local tokens = tonumber(ARGV[2])
-local member = ARGV[3]
-local lease = tonumber(ARGV[4])
-local mode = ARGV[5]
-local function level(key, limit)
+local reserved = tonumber(ARGV[3])
+local member = ARGV[4]
+local lease = tonumber(ARGV[5])
+local mode = ARGV[6]
+local cutoff = now - W
+-- Keys per scope: RPM log (zset member -> ms), TPM log (zset), TPM amounts (hash member ->
+-- tokens, plus the running sum under '_sum'), parallel slots (zset member -> lease expiry).
+local function rk(i) return KEYS[4 * i - 3] end
+local function tk(i) return KEYS[4 * i - 2] end
+local function hk(i) return KEYS[4 * i - 1] end
+local function pk(i) return KEYS[4 * i] end
+local function rpm_count(i, limit)
   if limit <= 0 then return nil end
-  local v = redis.call('HMGET', key, 'l', 't')
-  local l = tonumber(v[1])
-  if l == nil then return limit end
-  local dt = now - tonumber(v[2])
-  if dt < 0 then dt = 0 end
-  return math.min(limit, l + dt * limit / 60000)
+  redis.call('ZREMRANGEBYSCORE', rk(i), '-inf', cutoff)
+  return redis.call('ZCARD', rk(i))
 end
-local function save(key, l)
-  redis.call('HSET', key, 'l', tostring(l), 't', now)
-  redis.call('PEXPIRE', key, 120000)
-end
-local function window(out, limit, l)
-  if l == nil then
-    table.insert(out, 0); table.insert(out, 0); table.insert(out, 0)
-  else
-    local rem = math.floor(l)
-    if rem < 0 then rem = 0 end
-    table.insert(out, limit); table.insert(out, rem)
-    table.insert(out, math.ceil((limit - l) * 60000 / limit))
+local function tpm_sum(i, limit)
+  if limit <= 0 then return nil end
+  while true do
+    local gone = redis.call('ZRANGEBYSCORE', tk(i), '-inf', cutoff, 'LIMIT', 0, 500)
+    if #gone == 0 then break end
+    local amounts = redis.call('HMGET', hk(i), unpack(gone))
+    local freed = 0
+    for _, a in ipairs(amounts) do freed = freed + (tonumber(a) or 0) end
+    redis.call('HDEL', hk(i), unpack(gone))
+    redis.call('ZREM', tk(i), unpack(gone))
+    redis.call('HINCRBY', hk(i), '_sum', -freed)
+    if #gone < 500 then break end
   end
+  local s = tonumber(redis.call('HGET', hk(i), '_sum') or '0')
+  if s < 0 then s = 0 end
+  return s
 end
-local levels = {}
+local function oldest(key)
+  local o = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #o == 0 then return 0 end
+  return tonumber(o[2]) + W - now
+end
+local function touch(i)
+  redis.call('PEXPIRE', tk(i), W + 1000)
+  redis.call('PEXPIRE', hk(i), W + 1000)
+end
+local function tpm_set(i, m, amount)
+  local a = tonumber(redis.call('HGET', hk(i), m) or '0')
+  if amount > 0 then
+    redis.call('HSET', hk(i), m, amount)
+  else
+    redis.call('HDEL', hk(i), m)
+    redis.call('ZREM', tk(i), m)
+  end
+  redis.call('HINCRBY', hk(i), '_sum', amount - a)
+  touch(i)
+end
+local state = {}
 local verdict = {1, 0, 0, 0}
 for i = 1, n do
-  local b = 5 + (i - 1) * 3
+  local b = 6 + (i - 1) * 3
   local rpm, tpm, par = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  local r, k = level(KEYS[3 * i - 2], rpm), level(KEYS[3 * i - 1], tpm)
-  levels[i] = {r, k}
+  local r, k = rpm_count(i, rpm), tpm_sum(i, tpm)
+  state[i] = {r, k}
   if verdict[1] == 1 and mode == 'admit' then
     if par > 0 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[3 * i], '-inf', now)
-      if redis.call('ZCARD', KEYS[3 * i]) >= par then verdict = {0, 3, par, 1000} end
+      redis.call('ZREMRANGEBYSCORE', pk(i), '-inf', now)
+      if redis.call('ZCARD', pk(i)) >= par then verdict = {0, 3, par, 1000} end
     end
-    if verdict[1] == 1 and r ~= nil and r < 1 then
-      verdict = {0, 1, rpm, math.ceil((1 - r) * 60000 / rpm)}
+    if verdict[1] == 1 and r ~= nil and r >= rpm then
+      -- Admissible again when the (r - rpm + 1)-th oldest entry has left the window.
+      local e = redis.call('ZRANGE', rk(i), r - rpm, r - rpm, 'WITHSCORES')
+      verdict = {0, 1, rpm, tonumber(e[2]) + W - now}
     end
-    if verdict[1] == 1 and k ~= nil and k < 1 then
-      verdict = {0, 2, tpm, math.ceil((1 - k) * 60000 / tpm)}
+    if verdict[1] == 1 and k ~= nil and k >= tpm then
+      local wait = W
+      local left = k
+      local es = redis.call('ZRANGE', tk(i), 0, -1, 'WITHSCORES')
+      for j = 1, #es, 2 do
+        left = left - tonumber(redis.call('HGET', hk(i), es[j]) or '0')
+        if left < tpm then wait = tonumber(es[j + 1]) + W - now; break end
+      end
+      verdict = {0, 2, tpm, wait}
     end
   end
 end
 if mode == 'admit' and verdict[1] == 1 then
   for i = 1, n do
-    local b = 5 + (i - 1) * 3
+    local b = 6 + (i - 1) * 3
     local par = tonumber(ARGV[b + 3])
-    if levels[i][1] ~= nil then levels[i][1] = levels[i][1] - 1; save(KEYS[3 * i - 2], levels[i][1]) end
-    if levels[i][2] ~= nil then levels[i][2] = levels[i][2] - tokens; save(KEYS[3 * i - 1], levels[i][2]) end
+    if state[i][1] ~= nil then
+      redis.call('ZADD', rk(i), now, member)
+      redis.call('PEXPIRE', rk(i), W + 1000)
+      state[i][1] = state[i][1] + 1
+    end
+    if state[i][2] ~= nil then
+      redis.call('ZADD', tk(i), now, member)
+      tpm_set(i, member, tokens)
+      state[i][2] = state[i][2] + tokens
+    end
     if par > 0 then
-      redis.call('ZADD', KEYS[3 * i], now + lease, member)
-      redis.call('PEXPIRE', KEYS[3 * i], lease)
+      redis.call('ZADD', pk(i), now + lease, member)
+      redis.call('PEXPIRE', pk(i), lease)
     end
   end
 end
-if mode == 'reconcile' then
+if mode == 'reconcile' or mode == 'release' then
   for i = 1, n do
-    local b = 5 + (i - 1) * 3
-    local tpm = tonumber(ARGV[b + 2])
-    if levels[i][2] ~= nil then
-      levels[i][2] = math.min(tpm, levels[i][2] + tokens)
-      save(KEYS[3 * i - 1], levels[i][2])
+    if mode == 'release' and state[i][1] ~= nil then
+      state[i][1] = state[i][1] - redis.call('ZREM', rk(i), member)
+    end
+    if state[i][2] ~= nil then
+      local actual = tokens
+      if mode == 'release' then actual = 0 end
+      if redis.call('ZSCORE', tk(i), member) then
+        local a = tonumber(redis.call('HGET', hk(i), member) or '0')
+        tpm_set(i, member, actual)
+        state[i][2] = state[i][2] + actual - a
+      elseif actual > reserved then
+        -- The entry left the window while the request ran: charge the overage now.
+        local late = member .. ':late'
+        redis.call('ZADD', tk(i), now, late)
+        tpm_set(i, late, actual - reserved)
+        state[i][2] = state[i][2] + actual - reserved
+      end
     end
   end
 end
 local out = verdict
 for i = 1, n do
-  local b = 5 + (i - 1) * 3
-  window(out, tonumber(ARGV[b + 1]), levels[i][1])
-  window(out, tonumber(ARGV[b + 2]), levels[i][2])
+  local b = 6 + (i - 1) * 3
+  local rpm, tpm = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  for _, d in ipairs({{rpm, state[i][1], rk(i)}, {tpm, state[i][2], tk(i)}}) do
+    if d[2] == nil then
+      table.insert(out, 0); table.insert(out, 0); table.insert(out, 0)
+    else
+      local rem = d[1] - d[2]
+      if rem < 0 then rem = 0 end
+      table.insert(out, d[1]); table.insert(out, rem); table.insert(out, oldest(d[3]))
+    end
+  end
 end
 return out
 "#;
@@ -217,22 +285,29 @@ impl RedisState {
         })
     }
 
+    /// One run of the limits script. `tokens` is the estimate (admit) or the usage
+    /// (reconcile); `reserved` the ticket's estimate.
     fn limit_call(
         &self,
         scopes: &[Scope],
-        tokens: i64,
+        tokens: u64,
+        reserved: u64,
         member: &str,
         mode: &str,
     ) -> redis::ScriptInvocation<'_> {
         let limited: Vec<&Scope> = scopes.iter().filter(|s| s.has_limits()).collect();
         let mut inv = self.limit.prepare_invoke();
         for s in &limited {
-            inv.key(format!("{}:rpm:{}", self.prefix, s.id));
-            inv.key(format!("{}:tpm:{}", self.prefix, s.id));
+            // Named apart from the token-bucket hashes of earlier versions (`rpm:`, `tpm:`),
+            // so a Redis that still holds those never answers WRONGTYPE.
+            inv.key(format!("{}:rpmlog:{}", self.prefix, s.id));
+            inv.key(format!("{}:tpmlog:{}", self.prefix, s.id));
+            inv.key(format!("{}:tpmamt:{}", self.prefix, s.id));
             inv.key(format!("{}:par:{}", self.prefix, s.id));
         }
         inv.arg(limited.len())
             .arg(tokens)
+            .arg(reserved)
             .arg(member)
             .arg(ms(LEASE))
             .arg(mode);
@@ -247,20 +322,21 @@ impl RedisState {
     async fn run_limits(
         &self,
         scopes: &[Scope],
-        tokens: i64,
+        tokens: u64,
+        reserved: u64,
         member: &str,
         mode: &str,
     ) -> Result<(Vec<i64>, Allowance), String> {
         let mut conn = self.conn.clone();
         let v: Vec<i64> = self
-            .limit_call(scopes, tokens, member, mode)
+            .limit_call(scopes, tokens, reserved, member, mode)
             .invoke_async(&mut conn)
             .await
             .map_err(text)?;
         let mut allowance = Allowance::default();
         let window = |w: &[i64]| {
             (w.first().copied().unwrap_or(0) > 0).then(|| Window {
-                limit: u64::try_from(w[0]).unwrap_or(0),
+                limit: u64::try_from(w.first().copied().unwrap_or(0)).unwrap_or(0),
                 remaining: u64::try_from(w.get(1).copied().unwrap_or(0)).unwrap_or(0),
                 reset: Duration::from_millis(
                     u64::try_from(w.get(2).copied().unwrap_or(0)).unwrap_or(0),
@@ -332,10 +408,10 @@ impl Limiter for RedisState {
         tokens: u64,
     ) -> BoxFuture<'a, Result<Grant, Refused>> {
         Box::pin(async move {
-            let member = format!("{:016x}", rand::random::<u64>());
-            let tokens_i = i64::try_from(tokens).unwrap_or(i64::MAX);
+            let id = rand::random::<u64>();
+            let member = format!("{id:016x}");
             let (v, allowance) = self
-                .run_limits(scopes, tokens_i, &member, "admit")
+                .run_limits(scopes, tokens, 0, &member, "admit")
                 .await
                 .map_err(Refused::Backend)?;
             if v.first().copied() != Some(1) {
@@ -377,7 +453,11 @@ impl Limiter for RedisState {
                 })
             });
             Ok(Grant {
-                tokens,
+                ticket: Ticket {
+                    id,
+                    at_ms: 0,
+                    tokens,
+                },
                 allowance,
                 slot,
             })
@@ -387,24 +467,41 @@ impl Limiter for RedisState {
     fn reconcile<'a>(
         &'a self,
         scopes: &'a [Scope],
-        reserved: u64,
+        ticket: Ticket,
         actual: u64,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if !scopes.iter().any(|s| s.tpm.is_some()) {
                 return;
             }
-            let delta = i64::try_from(reserved).unwrap_or(i64::MAX)
-                - i64::try_from(actual).unwrap_or(i64::MAX);
-            if let Err(e) = self.run_limits(scopes, delta, "", "reconcile").await {
+            let member = format!("{:016x}", ticket.id);
+            if let Err(e) = self
+                .run_limits(scopes, actual, ticket.tokens, &member, "reconcile")
+                .await
+            {
                 tracing::warn!(error = %e, "TPM usage not reconciled in redis");
+            }
+        })
+    }
+
+    fn release<'a>(&'a self, scopes: &'a [Scope], ticket: Ticket) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if !scopes.iter().any(|s| s.rpm.is_some() || s.tpm.is_some()) {
+                return;
+            }
+            let member = format!("{:016x}", ticket.id);
+            if let Err(e) = self
+                .run_limits(scopes, 0, ticket.tokens, &member, "release")
+                .await
+            {
+                tracing::warn!(error = %e, "rate-limit entries not released in redis; they leave the window in 60 s");
             }
         })
     }
 
     fn allowance<'a>(&'a self, scopes: &'a [Scope]) -> BoxFuture<'a, Allowance> {
         Box::pin(async move {
-            self.run_limits(scopes, 0, "", "peek")
+            self.run_limits(scopes, 0, 0, "", "peek")
                 .await
                 .map(|(_, a)| a)
                 .unwrap_or_default()

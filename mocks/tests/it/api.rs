@@ -478,13 +478,73 @@ async fn runtime_adapters_load_unload_and_queue_under_max_loras() {
             .await;
         assert_eq!(r.status(), 200, "{a}");
     }
-    let (r0, r1) = tokio::join!(
+    let (r0, r1, r2) = tokio::join!(
         sim.post("/v1/chat/completions", chat_body("a0", 20, true, false)),
         sim.post("/v1/chat/completions", chat_body("a1", 20, true, false)),
+        sim.post("/v1/chat/completions", chat_body("a0", 20, true, false)),
     );
-    assert_eq!((r0.status().as_u16(), r1.status().as_u16()), (200, 200));
-    let ((_, e0), (_, e1)) = tokio::join!(sse(r0), sse(r1));
-    assert!(e0.last().is_some_and(|e| e.is_done()) && e1.last().is_some_and(|e| e.is_done()));
+    assert_eq!(
+        [r0.status(), r1.status(), r2.status()].map(|s| s.as_u16()),
+        [200; 3],
+        "queued, not refused"
+    );
+    let ((_, e0), (_, e1), (_, e2)) = tokio::join!(sse(r0), sse(r1), sse(r2));
+    for e in [&e0, &e1, &e2] {
+        assert!(e.last().is_some_and(|e| e.is_done()));
+    }
+    // The active-adapter count never exceeds --max-loras 1, from the engine's own record: the
+    // steps that produced each request's tokens (their logical end times). Two requests on
+    // different adapters never have tokens from overlapping spans of steps, and no step emits
+    // tokens for two adapters. The two a0 requests may share steps.
+    let timelines = sim.handle.timelines();
+    assert_eq!(timelines.len(), 7);
+    let mut spans = Vec::new();
+    for t in &timelines {
+        assert!(t.finished, "{}", t.request_id);
+        let (Some(lora), Some(first), Some(last)) = (
+            t.lora.clone(),
+            t.scheduled_times.first().copied(),
+            t.scheduled_times.last().copied(),
+        ) else {
+            panic!("{t:?}")
+        };
+        spans.push((lora, first, last));
+    }
+    for (i, (la, fa, ta)) in spans.iter().enumerate() {
+        for (lb, fb, tb) in &spans[i + 1..] {
+            if la != lb {
+                assert!(ta < fb || tb < fa, "{la} and {lb} were active at once");
+            }
+        }
+    }
+    let mut per_step: std::collections::BTreeMap<
+        tokio::time::Instant,
+        std::collections::BTreeSet<&str>,
+    > = Default::default();
+    for t in &timelines {
+        for at in &t.scheduled_times {
+            per_step
+                .entry(*at)
+                .or_default()
+                .insert(t.lora.as_deref().unwrap_or(""));
+        }
+    }
+    assert!(per_step.values().all(|s| s.len() == 1), "{per_step:?}");
+    // And the concurrent a0 pair did share steps: queueing is per adapter, not per request.
+    let a0s: Vec<_> = timelines[4..]
+        .iter()
+        .filter(|t| t.lora.as_deref() == Some("a0"))
+        .collect();
+    assert_eq!(a0s.len(), 2);
+    let shared = a0s[0]
+        .scheduled_times
+        .iter()
+        .filter(|t| a0s[1].scheduled_times.contains(t))
+        .count();
+    assert!(
+        shared > 0,
+        "the two a0 requests should batch together: {a0s:?}"
+    );
 
     let load = json!({"lora_name": "t9", "lora_path": "/adapters/t9"});
     assert_eq!(
@@ -540,6 +600,95 @@ async fn starting_with_only_max_loras_two_works() {
     let sim = Sim::start(lora_cfg(&["a0", "a1", "a2"], 2)).await;
     assert_eq!(
         sim.post("/v1/chat/completions", chat_body("a2", 2, false, false))
+            .await
+            .status(),
+        200
+    );
+    sim.stop().await;
+}
+
+/// Unloading an adapter while a stream for it is in flight. vLLM removes the adapter from the
+/// serving layer (new requests get 404, `/v1/models` drops it) but does not abort running
+/// requests: each carries its own `LoRARequest` (name and path), and the worker reloads the
+/// weights for the batch if they were evicted (`vllm/lora/worker_manager.py`,
+/// `_apply_adapters`). So the in-flight stream runs to its normal end: every token, a finish
+/// chunk with `finish_reason`, the usage chunk, then `[DONE]`.
+#[tokio::test(start_paused = true)]
+async fn unloading_an_adapter_lets_in_flight_streams_finish_and_404s_new_requests() {
+    let sim = Sim::start(EngineConfig {
+        allow_runtime_lora_updating: true,
+        ..lora_cfg(&["a0", "a1"], 1)
+    })
+    .await;
+    let mut resp = sim
+        .post("/v1/chat/completions", chat_body("a0", 40, true, true))
+        .await;
+    assert_eq!(resp.status(), 200);
+    // Read until a few tokens have arrived, so the request is running when the unload comes.
+    let mut parser = wire::sse::SseParser::new();
+    let mut events = Vec::new();
+    while events.len() < 4 {
+        match resp.chunk().await {
+            Ok(Some(b)) => events.extend(parser.push(&b)),
+            other => panic!("stream ended early: {other:?}"),
+        }
+    }
+    assert_eq!(
+        sim.post("/v1/unload_lora_adapter", json!({"lora_name": "a0"}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        sim.post("/v1/chat/completions", chat_body("a0", 2, false, false))
+            .await
+            .status(),
+        404,
+        "new requests for an unloaded adapter"
+    );
+    loop {
+        match resp.chunk().await {
+            Ok(Some(b)) => events.extend(parser.push(&b)),
+            Ok(None) => break,
+            Err(e) => panic!("the in-flight stream broke: {e}"),
+        }
+    }
+    assert!(
+        events.last().is_some_and(|e| e.is_done()),
+        "ends with [DONE]"
+    );
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter(|e| !e.is_done())
+        .map(|e| parse(&e.data))
+        .collect();
+    assert!(
+        chunks.iter().all(|c| c.get("error").is_none()),
+        "no error event"
+    );
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .map(|c| &c["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, vec![&json!("length")], "one finish chunk");
+    let usage = chunks
+        .last()
+        .map(|c| c["usage"]["completion_tokens"].clone());
+    assert_eq!(usage, Some(json!(40)), "every token was generated");
+    let Ok(models) = sim.get("/v1/models").await.json::<Value>().await else {
+        panic!("json")
+    };
+    assert!(
+        models["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().all(|m| m["id"] != "a0")),
+        "{models}"
+    );
+    // The other adapter is unaffected.
+    assert_eq!(
+        sim.post("/v1/chat/completions", chat_body("a1", 2, false, false))
             .await
             .status(),
         200

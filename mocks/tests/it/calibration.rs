@@ -59,3 +59,30 @@ fn published_runs_are_reproduced_within_the_issue_bounds() {
         }
     }
 }
+
+/// A row whose GPU cannot run its precision is reported with the reason, not replayed, and the
+/// other rows still run.
+#[test]
+fn a_row_with_an_unsupported_precision_is_reported_not_run() {
+    let header = RUNS.lines().next().unwrap_or_default();
+    let text = format!(
+        "{header}\n\
+         U1,src,a100-80gb,qwen3-8b,nvfp4,vllm,random,100,20,burst,10,10,,,0,0,,,,,,,,,\n\
+         U2,src,rtx-5090,qwen3-8b,nvfp4,vllm,random,100,20,burst,10,10,,,0,0,,,,,,,,,\n"
+    );
+    let Ok(rows) = parse_rows(&text) else {
+        panic!("parse")
+    };
+    let res = calibrate(&rows);
+    assert!(
+        res[0]
+            .predicted
+            .as_ref()
+            .is_err_and(|e| e.contains("a100-80gb")
+                && e.contains("nvfp4")
+                && e.contains("not supported")),
+        "{:?}",
+        res[0].predicted
+    );
+    assert!(res[1].predicted.is_ok(), "{:?}", res[1].predicted);
+}

@@ -132,3 +132,59 @@ fn shared_gpu_checks_the_sum_of_shares_and_the_sum_of_needs() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// A precision the GPU has no tensor cores for is refused with the GPU and the precision named,
+/// wherever an engine is validated: `plan_memory` (`mock-vllm` start-up), `memory_needs` and
+/// `plan_shared_gpu` (what `tenantbench check` calls), and `spawn`.
+#[tokio::test]
+async fn an_unsupported_precision_is_refused_naming_gpu_and_precision() {
+    for (gpu, precision) in [
+        ("a100-80gb", "nvfp4"),
+        ("rtx-4090", "nvfp4"),
+        ("a100-80gb", "fp8"),
+    ] {
+        let c = cfg(gpu, "qwen3-8b", precision, 0.9);
+        let named = |e: SimError| {
+            let m = e.to_string();
+            assert!(
+                matches!(
+                    e,
+                    SimError::Config {
+                        field: "precision",
+                        ..
+                    }
+                ) && m.contains(gpu)
+                    && m.contains(precision)
+                    && m.contains("not supported"),
+                "{gpu} {precision}: {m}"
+            );
+        };
+        match plan_memory(&c) {
+            Ok(p) => panic!("{gpu} {precision} planned: {p:?}"),
+            Err(e) => named(e),
+        }
+        match mocks::memory_needs(&c) {
+            Ok(n) => panic!("{gpu} {precision} sized: {n:?}"),
+            Err(e) => named(e),
+        }
+        match plan_shared_gpu(&[cfg(gpu, "qwen3-8b", "bf16", 0.4), c.clone()]) {
+            Ok(p) => panic!("{gpu} {precision} shared: {p:?}"),
+            Err(e) => named(e),
+        }
+        match mocks::spawn(c, tokio_util::sync::CancellationToken::new()).await {
+            Ok(_) => panic!("{gpu} {precision} started"),
+            Err(e) => named(e),
+        }
+    }
+    // The supported pairs still plan.
+    for (gpu, precision) in [
+        ("rtx-5090", "nvfp4"),
+        ("rtx-4090", "fp8"),
+        ("a100-80gb", "awq"),
+    ] {
+        assert!(
+            plan_memory(&cfg(gpu, "qwen3-8b", precision, 0.9)).is_ok(),
+            "{gpu} {precision}"
+        );
+    }
+}

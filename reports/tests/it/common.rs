@@ -202,5 +202,6 @@ pub fn synthetic_run(seed: u64) -> RunData {
         slo: None,
         group_slos: Vec::new(),
         isolation: None,
+        shard: None,
     }
 }

@@ -1,0 +1,357 @@
+//! How fast the load generator itself is (issue 5, "A benchmark"): its maximum request rate
+//! against a trivial local HTTP server, compared with `wrk` against the same server in the same
+//! run, and how many concurrent streams it follows while still timing tokens correctly.
+//!
+//! The trivial server runs in a child process (this same binary, with `TB_TRIVIAL_SERVER` set)
+//! on one tokio worker, so it is the same server for both clients and neither client shares a
+//! runtime with it. It answers every request at once with one small SSE body (one content
+//! chunk, a usage chunk and `[DONE]`) — the load generator needs a stream to call a request a
+//! success — and, under `/slow/`, streams `SLOW_TOKENS` tokens `SLOW_GAP_MS` apart.
+//!
+//! The load generator is driven through its real dispatch engine (`loadgen::drive`) with a
+//! closed-loop scenario: `CONNS` users per tenant and no think time, the same concurrency as
+//! `wrk -c CONNS`. Both clients get one thread (`wrk -t1`, a one-worker tokio runtime), the
+//! server the other core.
+//!
+//! `cargo bench -p tb-benches --bench loadgen_rate` (env `CONNS` (64), `SECS` (10),
+//! `STREAMS` (comma-separated stream counts, default `500,1000,2000`), `SLOW_TOKENS` (40),
+//! `SLOW_GAP_MS` (50)).
+
+#![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response, header};
+use tokio_util::sync::CancellationToken;
+
+const FAST_BODY: &str = concat!(
+    "data: {\"id\":\"b\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",",
+    "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"ok\"},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"b\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",",
+    "\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":1,\"total_tokens\":9}}\n\n",
+    "data: [DONE]\n\n"
+);
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if std::env::var_os("TB_TRIVIAL_SERVER").is_some() {
+        serve_trivial();
+        return;
+    }
+    let conns: usize = env_or("CONNS", 64);
+    let secs: u64 = env_or("SECS", 10);
+    let streams: Vec<usize> = std::env::var("STREAMS")
+        .unwrap_or_else(|_| "500,1000,2000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let slow_tokens: usize = env_or("SLOW_TOKENS", 40);
+    let slow_gap_ms: u64 = env_or("SLOW_GAP_MS", 50);
+
+    let (mut child, port) = match start_server(slow_tokens, slow_gap_ms) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("loadgen_rate: cannot start the trivial server: {e}");
+            std::process::exit(1);
+        }
+    };
+    let base = format!("http://127.0.0.1:{port}");
+
+    let wrk = wrk_rate(&base, conns, secs);
+    let ours = loadgen_rate(&base, conns, secs);
+    println!(
+        "loadgen_rate: trivial server (1 worker) on 127.0.0.1:{port}, {conns} connections, {secs} s each"
+    );
+    match &wrk {
+        Ok(r) => println!("  wrk -t1 -c{conns}:           {r:>9.0} requests/s"),
+        Err(e) => println!("  wrk: not measured ({e})"),
+    }
+    match &ours {
+        Ok(r) => println!(
+            "  tenantbench (1 worker):   {:>9.0} requests/s ({} ok, {} failed)",
+            r.rate, r.ok, r.failed
+        ),
+        Err(e) => println!("  tenantbench: failed ({e})"),
+    }
+    if let (Ok(w), Ok(o)) = (&wrk, &ours) {
+        let ratio = o.rate / w;
+        println!(
+            "  ratio {:.0} % of wrk: {}",
+            ratio * 100.0,
+            if ratio >= 0.8 {
+                "PASS (target >= 80 %)"
+            } else {
+                "FAIL (target >= 80 %)"
+            }
+        );
+    }
+
+    println!(
+        "streams: {slow_tokens} tokens {slow_gap_ms} ms apart per stream; server ITL is {slow_gap_ms} ms"
+    );
+    for n in streams {
+        match follow_streams(&base, n, slow_tokens, slow_gap_ms) {
+            Ok(s) => println!(
+                "  {n:>5} concurrent streams: {} ok, {} failed; measured ITL p50 {:.1} ms, p99 {:.1} ms; \
+                 TTFT p50 {:.1} ms; send lateness p99 {:.2} ms: {}",
+                s.ok,
+                s.failed,
+                s.itl_p50,
+                s.itl_p99,
+                s.ttft_p50,
+                s.lateness_p99,
+                if s.failed == 0 && (s.itl_p99 - slow_gap_ms as f64).abs() < 5.0 {
+                    "followed"
+                } else {
+                    "NOT followed (p99 ITL off by >= 5 ms or failures)"
+                }
+            ),
+            Err(e) => println!("  {n:>5} concurrent streams: failed ({e})"),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Starts this binary as the trivial server and reads its port from its first stdout line.
+fn start_server(slow_tokens: usize, slow_gap_ms: u64) -> std::io::Result<(Child, u16)> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .env("TB_TRIVIAL_SERVER", "1")
+        .env("SLOW_TOKENS", slow_tokens.to_string())
+        .env("SLOW_GAP_MS", slow_gap_ms.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let port = line
+        .trim()
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("bad port line {line:?}")))?;
+    Ok((child, port))
+}
+
+/// The child: a one-worker axum server answering at once, or streaming slowly under `/slow/`.
+fn serve_trivial() {
+    let tokens: usize = env_or("SLOW_TOKENS", 40);
+    let gap = Duration::from_millis(env_or("SLOW_GAP_MS", 50));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("server runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("bind: {e}");
+                return;
+            }
+        };
+        match listener.local_addr() {
+            Ok(a) => println!("{}", a.port()),
+            Err(e) => {
+                eprintln!("addr: {e}");
+                return;
+            }
+        }
+        let app = axum::Router::new().fallback(move |req: Request<Body>| async move {
+            let body = if req.uri().path().starts_with("/slow/") {
+                Body::from_stream(slow_stream(tokens, gap))
+            } else {
+                Body::from(FAST_BODY)
+            };
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(body)
+                .unwrap_or_default()
+        });
+        let _ = axum::serve(listener, app).await;
+    });
+}
+
+fn slow_stream(
+    tokens: usize,
+    gap: Duration,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> {
+    futures_util::stream::unfold(0usize, move |i| async move {
+        if i > tokens + 1 {
+            return None;
+        }
+        let chunk = if i < tokens {
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            format!(
+                "data: {{\"id\":\"s\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\
+                 \"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"
+            )
+        } else if i == tokens {
+            format!(
+                "data: {{\"id\":\"s\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\
+                 \"choices\":[],\"usage\":{{\"prompt_tokens\":8,\"completion_tokens\":{tokens},\"total_tokens\":{}}}}}\n\n",
+                tokens + 8
+            )
+        } else {
+            "data: [DONE]\n\n".to_string()
+        };
+        Some((Ok(bytes::Bytes::from(chunk)), i + 1))
+    })
+}
+
+fn wrk_rate(base: &str, conns: usize, secs: u64) -> Result<f64, String> {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            &format!("{base}/v1/chat/completions"),
+        ])
+        .output()
+        .map_err(|e| format!("cannot run wrk ({e}); apt-get install wrk"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk output: {text}"))
+}
+
+fn scenario(users: usize, secs: u64, output_tokens: usize) -> Result<loadgen::Scenario, String> {
+    let text = format!(
+        r#"
+version = 1
+name = "loadgen-rate"
+seed = 1
+duration_s = {secs}
+warmup_s = 1
+request_timeout_s = 60
+ignore_eos = false
+
+[[engines]]
+name = "e"
+gpu = "rtx-5090"
+model = "mistral-7b-instruct"
+
+[[models]]
+name = "m"
+engine = "e"
+
+[[groups]]
+name = "g"
+count = 1
+model = "m"
+lora = false
+arrival = {{ kind = "closed_loop", users = {users}, think_time_s = 0 }}
+prompt_tokens = {{ kind = "fixed", value = 8 }}
+output_tokens = {{ kind = "fixed", value = {output_tokens} }}
+
+[cost]
+server_gbp_per_month = 1
+api_input_gbp_per_mtok = 1
+api_output_gbp_per_mtok = 1
+"#
+    );
+    loadgen::scenario::parse(&text, "loadgen-rate").map_err(|e| e.to_string())
+}
+
+struct Rate {
+    rate: f64,
+    ok: usize,
+    failed: usize,
+}
+
+/// Requests/s the load generator completes, counted over the measured window (after warm-up).
+fn loadgen_rate(base: &str, conns: usize, secs: u64) -> Result<Rate, String> {
+    let s = scenario(conns, secs + 1, 1)?;
+    let driven = drive_one_worker(&s, &format!("{base}/v1"))?;
+    let measured: Vec<_> = driven.records.iter().filter(|r| !r.warmup).collect();
+    let ok = measured
+        .iter()
+        .filter(|r| r.outcome == reports::Outcome::Ok)
+        .count();
+    Ok(Rate {
+        rate: ok as f64 / secs as f64,
+        ok,
+        failed: measured.len() - ok,
+    })
+}
+
+struct Followed {
+    ok: usize,
+    failed: usize,
+    itl_p50: f64,
+    itl_p99: f64,
+    ttft_p50: f64,
+    lateness_p99: f64,
+}
+
+fn follow_streams(base: &str, n: usize, tokens: usize, gap_ms: u64) -> Result<Followed, String> {
+    // Long enough for every user to finish about two streams.
+    let stream_s = (tokens as u64 * gap_ms).div_ceil(1000);
+    let s = scenario(n, 2 * stream_s + 1, tokens)?;
+    let driven = drive_one_worker(&s, &format!("{base}/slow/v1"))?;
+    let ok: Vec<_> = driven
+        .records
+        .iter()
+        .filter(|r| r.outcome == reports::Outcome::Ok)
+        .collect();
+    let mut itl: Vec<f64> = ok.iter().flat_map(|r| r.itl_ms.iter().copied()).collect();
+    let mut ttft: Vec<f64> = ok.iter().filter_map(|r| r.ttft_ms).collect();
+    let mut late: Vec<f64> = driven
+        .records
+        .iter()
+        .map(|r| r.actual_start_ms - r.intended_start_ms)
+        .collect();
+    Ok(Followed {
+        ok: ok.len(),
+        failed: driven.records.len() - ok.len(),
+        itl_p50: percentile(&mut itl, 0.5),
+        itl_p99: percentile(&mut itl, 0.99),
+        ttft_p50: percentile(&mut ttft, 0.5),
+        lateness_p99: percentile(&mut late, 0.99),
+    })
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn drive_one_worker(s: &loadgen::Scenario, base_url: &str) -> Result<loadgen::Driven, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let target = loadgen::Target {
+        base_url: base_url.to_string(),
+        keys: vec![None; s.tenants.len()],
+    };
+    let stop = CancellationToken::new();
+    rt.block_on(loadgen::drive(s, &target, None, &stop))
+        .map_err(|e| e.to_string())
+}
