@@ -13,7 +13,10 @@
 //! `wrk -c CONNS`. Both clients get one thread (`wrk -t1`, a one-worker tokio runtime), the
 //! server the other core.
 //!
-//! `cargo bench -p tb-benches --bench loadgen_rate` (env `CONNS` (64), `SECS` (10),
+//! A third part paces an open-loop constant arrival of `PACE_RATE` requests/s (2,000) and
+//! reports the scheduler's lateness against the intended send times (target: p99 < 1 ms).
+//!
+//! `cargo bench -p tb-benches --bench loadgen_rate` (env `CONNS` (64), `SECS` (10), `PACE_RATE`,
 //! `STREAMS` (comma-separated stream counts, default `500,1000,2000`), `SLOW_TOKENS` (40),
 //! `SLOW_GAP_MS` (50)).
 
@@ -93,6 +96,25 @@ fn main() {
                 "FAIL (target >= 80 %)"
             }
         );
+    }
+
+    let pace_rate: f64 = env_or("PACE_RATE", 2000.0);
+    match pacing(&base, pace_rate, secs) {
+        Ok(p) => println!(
+            "pacing: open loop, constant {pace_rate:.0} requests/s for {secs} s: {} sent; \
+             scheduler lateness p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; client queueing p99 {:.3} ms: {}",
+            p.sent,
+            p.late_p50,
+            p.late_p99,
+            p.late_max,
+            p.queue_p99,
+            if p.late_p99 < 1.0 {
+                "PASS (target p99 < 1 ms)"
+            } else {
+                "FAIL (target p99 < 1 ms)"
+            }
+        ),
+        Err(e) => println!("pacing: failed ({e})"),
     }
 
     println!(
@@ -220,11 +242,23 @@ fn slow_stream(
 }
 
 fn wrk_rate(base: &str, conns: usize, secs: u64) -> Result<f64, String> {
+    // wrk sends what the load generator sends: a POST with a small JSON chat body.
+    let script = std::env::temp_dir().join(format!("tb-wrk-{}.lua", std::process::id()));
+    std::fs::write(
+        &script,
+        "wrk.method = \"POST\"\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         wrk.body = '{\"model\":\"m\",\"stream\":true,\"max_tokens\":1,\
+         \"messages\":[{\"role\":\"user\",\"content\":\"hello there\"}]}'\n",
+    )
+    .map_err(|e| format!("cannot write the wrk script: {e}"))?;
     let out = Command::new("wrk")
         .args([
             "-t1",
             &format!("-c{conns}"),
             &format!("-d{secs}s"),
+            "-s",
+            &script.to_string_lossy(),
             &format!("{base}/v1/chat/completions"),
         ])
         .output()
@@ -237,6 +271,15 @@ fn wrk_rate(base: &str, conns: usize, secs: u64) -> Result<f64, String> {
 }
 
 fn scenario(users: usize, secs: u64, output_tokens: usize) -> Result<loadgen::Scenario, String> {
+    let arrival = format!("{{ kind = \"closed_loop\", users = {users}, think_time_s = 0 }}");
+    scenario_with(&arrival, secs, output_tokens)
+}
+
+fn scenario_with(
+    arrival: &str,
+    secs: u64,
+    output_tokens: usize,
+) -> Result<loadgen::Scenario, String> {
     let text = format!(
         r#"
 version = 1
@@ -261,7 +304,7 @@ name = "g"
 count = 1
 model = "m"
 lora = false
-arrival = {{ kind = "closed_loop", users = {users}, think_time_s = 0 }}
+arrival = {arrival}
 prompt_tokens = {{ kind = "fixed", value = 8 }}
 output_tokens = {{ kind = "fixed", value = {output_tokens} }}
 
@@ -320,7 +363,7 @@ fn follow_streams(base: &str, n: usize, tokens: usize, gap_ms: u64) -> Result<Fo
     let mut late: Vec<f64> = driven
         .records
         .iter()
-        .map(|r| r.actual_start_ms - r.intended_start_ms)
+        .map(reports::RequestRecord::lateness_ms)
         .collect();
     Ok(Followed {
         ok: ok.len(),
@@ -329,6 +372,32 @@ fn follow_streams(base: &str, n: usize, tokens: usize, gap_ms: u64) -> Result<Fo
         itl_p99: percentile(&mut itl, 0.99),
         ttft_p50: percentile(&mut ttft, 0.5),
         lateness_p99: percentile(&mut late, 0.99),
+    })
+}
+
+struct Pacing {
+    sent: usize,
+    late_p50: f64,
+    late_p99: f64,
+    late_max: f64,
+    queue_p99: f64,
+}
+
+/// Open-loop pacing at `rate` requests/s (one tenant, constant arrivals) against the fast
+/// server: how late the scheduler released each request, and how long it then waited to be sent.
+fn pacing(base: &str, rate: f64, secs: u64) -> Result<Pacing, String> {
+    let arrival = format!("{{ kind = \"constant\", rate_per_s = {rate} }}");
+    let s = scenario_with(&arrival, secs + 1, 1)?;
+    let driven = drive_one_worker(&s, &format!("{base}/v1"))?;
+    let measured: Vec<_> = driven.records.iter().filter(|r| !r.warmup).collect();
+    let mut late: Vec<f64> = measured.iter().map(|r| r.lateness_ms()).collect();
+    let mut queue: Vec<f64> = measured.iter().map(|r| r.client_queue_ms()).collect();
+    Ok(Pacing {
+        sent: measured.len(),
+        late_p50: percentile(&mut late, 0.5),
+        late_p99: percentile(&mut late, 0.99),
+        late_max: percentile(&mut late, 1.0),
+        queue_p99: percentile(&mut queue, 0.99),
     })
 }
 

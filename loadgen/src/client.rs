@@ -38,6 +38,9 @@ pub struct RequestSpec {
     pub t0: Instant,
     /// When the schedule wanted the request sent.
     pub intended: Instant,
+    /// When the scheduler released it (its pacer woke); the send starts when a runtime worker
+    /// picks the request's task up. `None` when the caller sends it directly.
+    pub dispatched: Option<Instant>,
     /// Deadline for the whole request, counted from `intended`.
     pub timeout: Duration,
 }
@@ -161,6 +164,9 @@ pub async fn execute_observed(
         warmup: spec.warmup,
         intended_start_ms: ms(spec.intended.saturating_duration_since(spec.t0)),
         actual_start_ms: ms(actual.saturating_duration_since(spec.t0)),
+        dispatched_ms: spec
+            .dispatched
+            .map(|d| ms(d.saturating_duration_since(spec.t0))),
         ttft_ms: None,
         ttfc_ms: None,
         tpot_ms: None,

@@ -238,6 +238,8 @@ pub async fn drive(
                 None => continue,
             }
         };
+        let mut spec = spec;
+        spec.dispatched = Some(Instant::now());
         let client = client.clone();
         let tx = tx.clone();
         let done = done_tx.clone();
@@ -318,6 +320,7 @@ fn request_spec(
         planned_prompt_tokens: p.prompt_tokens,
         t0,
         intended,
+        dispatched: None,
         timeout,
     }
 }

@@ -85,7 +85,7 @@ impl OutcomeCounts {
 
 /// The latency metrics an [`Aggregate`] keeps, by their `summary.json` names. Used to name the
 /// interval-log files and to keep the list in one place.
-pub const METRICS: [&str; 9] = [
+pub const METRICS: [&str; 10] = [
     "ttft_ms",
     "ttfc_ms",
     "tpot_ms",
@@ -95,6 +95,7 @@ pub const METRICS: [&str; 9] = [
     "ttft_raw_ms",
     "e2e_raw_ms",
     "schedule_lateness_ms",
+    "client_queue_ms",
 ];
 
 /// Everything measured in one scope, in mergeable form.
@@ -126,6 +127,8 @@ pub struct Aggregate {
     pub e2e_raw: Distribution,
     /// How late each request was sent, whatever its outcome (early sends count as 0).
     pub schedule_lateness: Distribution,
+    /// Client-side queueing: scheduler release to the start of the send, every outcome.
+    pub client_queue: Distribution,
     /// Requests judged against an SLO (warm-up excluded, all outcomes).
     pub slo_judged: u64,
     /// Of those, the requests that met every per-request SLO threshold.
@@ -155,6 +158,7 @@ impl Aggregate {
         }
         self.outcomes.add(r.outcome, 1);
         self.schedule_lateness.record_ms(r.lateness_ms());
+        self.client_queue.record_ms(r.client_queue_ms());
         if r.outcome != Outcome::Ok {
             return;
         }
@@ -203,7 +207,7 @@ impl Aggregate {
     }
 
     /// The distributions by metric name, in [`METRICS`] order.
-    pub fn distributions(&self) -> [(&'static str, &Distribution); 9] {
+    pub fn distributions(&self) -> [(&'static str, &Distribution); 10] {
         [
             (METRICS[0], &self.ttft),
             (METRICS[1], &self.ttfc),
@@ -214,11 +218,12 @@ impl Aggregate {
             (METRICS[6], &self.ttft_raw),
             (METRICS[7], &self.e2e_raw),
             (METRICS[8], &self.schedule_lateness),
+            (METRICS[9], &self.client_queue),
         ]
     }
 
     /// The distributions by metric name, mutable, in [`METRICS`] order.
-    pub fn distributions_mut(&mut self) -> [(&'static str, &mut Distribution); 9] {
+    pub fn distributions_mut(&mut self) -> [(&'static str, &mut Distribution); 10] {
         [
             (METRICS[0], &mut self.ttft),
             (METRICS[1], &mut self.ttfc),
@@ -229,6 +234,7 @@ impl Aggregate {
             (METRICS[6], &mut self.ttft_raw),
             (METRICS[7], &mut self.e2e_raw),
             (METRICS[8], &mut self.schedule_lateness),
+            (METRICS[9], &mut self.client_queue),
         ]
     }
 
@@ -262,6 +268,7 @@ impl Aggregate {
             ttft_raw_ms: self.ttft_raw.stats(),
             e2e_raw_ms: self.e2e_raw.stats(),
             schedule_lateness_ms: self.schedule_lateness.stats(),
+            client_queue_ms: self.client_queue.stats(),
             slo_met_requests: self.slo_met,
             goodput_per_s: if self.slo_judged > 0 {
                 crate::slo::goodput(self.slo_met, duration_s)
@@ -312,8 +319,11 @@ pub struct Statistics {
     pub ttft_raw_ms: LatencyStats,
     /// End-to-end latency from the actual send (not corrected).
     pub e2e_raw_ms: LatencyStats,
-    /// How late the scheduler sent requests.
+    /// How late the scheduler released requests.
     pub schedule_lateness_ms: LatencyStats,
+    /// Client-side queueing: from the scheduler's release to the start of the send.
+    #[serde(default)]
+    pub client_queue_ms: LatencyStats,
     /// Requests that met every per-request threshold of their tenant's SLO.
     #[serde(default)]
     pub slo_met_requests: u64,
@@ -343,6 +353,7 @@ pub(crate) mod tests {
             warmup: false,
             intended_start_ms: start_ms,
             actual_start_ms: start_ms + 1.0,
+            dispatched_ms: None,
             ttft_ms: Some(ttft),
             ttfc_ms: Some(ttft),
             tpot_ms: Some((e2e - ttft) / 9.0),

@@ -84,8 +84,13 @@ pub struct RequestRecord {
     pub warmup: bool,
     /// When the schedule wanted it sent, ms since t0.
     pub intended_start_ms: f64,
-    /// When the send actually began, ms since t0; lateness = actual − intended.
+    /// When the send actually began, ms since t0.
     pub actual_start_ms: f64,
+    /// When the scheduler released the request (its pacer woke), ms since t0. Scheduler
+    /// lateness = dispatched − intended; client-side queueing = actual − dispatched (waiting for
+    /// a runtime worker to start the send). Absent in records written before it existed.
+    #[serde(default)]
+    pub dispatched_ms: Option<f64>,
     /// Time to the first generated token on any channel, from the intended start.
     pub ttft_ms: Option<f64>,
     /// Time to the first content token, from the intended start.
@@ -109,14 +114,20 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    /// How late the scheduler sent this request, in ms (negative when early).
+    /// How late the scheduler released this request, in ms (negative when early).
     pub fn lateness_ms(&self) -> f64 {
-        self.actual_start_ms - self.intended_start_ms
+        self.dispatched_ms.unwrap_or(self.actual_start_ms) - self.intended_start_ms
+    }
+
+    /// Client-side queueing: from the scheduler's release to the start of the send, in ms.
+    pub fn client_queue_ms(&self) -> f64 {
+        self.dispatched_ms
+            .map_or(0.0, |d| (self.actual_start_ms - d).max(0.0))
     }
 
     /// A latency re-based from the intended start to the actual send: the uncorrected figure a
     /// closed-loop tool would have reported.
     pub fn raw_ms(&self, corrected_ms: f64) -> f64 {
-        corrected_ms - self.lateness_ms()
+        corrected_ms - (self.actual_start_ms - self.intended_start_ms)
     }
 }

@@ -59,8 +59,10 @@ pub struct RequestRow {
     pub intended_start_ms: f64,
     /// Actual send time, ms since t0.
     pub actual_start_ms: f64,
-    /// actual − intended, ms.
+    /// Scheduler lateness: release − intended, ms.
     pub schedule_lateness_ms: f64,
+    /// Client-side queueing: actual send − release, ms.
+    pub client_queue_ms: f64,
     /// Time to first token from the intended start, ms.
     pub ttft_ms: Option<f64>,
     /// Time to first content token from the intended start, ms.
@@ -94,6 +96,7 @@ impl From<&RequestRecord> for RequestRow {
             intended_start_ms: r.intended_start_ms,
             actual_start_ms: r.actual_start_ms,
             schedule_lateness_ms: r.lateness_ms(),
+            client_queue_ms: r.client_queue_ms(),
             ttft_ms: r.ttft_ms,
             ttfc_ms: r.ttfc_ms,
             tpot_ms: r.tpot_ms,
@@ -307,7 +310,7 @@ fn write_csv<T: CsvRow>(path: &Path, rows: impl Iterator<Item = T>) -> Result<()
 }
 
 /// `requests.csv` columns, in order (checked against [`RequestRow`] by a test).
-pub const REQUEST_COLUMNS: [&str; 19] = [
+pub const REQUEST_COLUMNS: [&str; 20] = [
     "id",
     "tenant",
     "group",
@@ -318,6 +321,7 @@ pub const REQUEST_COLUMNS: [&str; 19] = [
     "intended_start_ms",
     "actual_start_ms",
     "schedule_lateness_ms",
+    "client_queue_ms",
     "ttft_ms",
     "ttfc_ms",
     "tpot_ms",

@@ -6,7 +6,11 @@ use crate::common::{fixture, root, tenantbench, text};
 
 #[test]
 fn check_accepts_the_shipped_scenarios() {
-    for s in ["quickstart.toml", "reference-architecture.toml"] {
+    for s in [
+        "quickstart.toml",
+        "reference-architecture.toml",
+        "noisy-neighbour.toml",
+    ] {
         let path = root().join("scenarios").join(s);
         let out = tenantbench(&["check", path.to_str().unwrap_or_default()], &root());
         assert!(out.status.success(), "{s}: {}", text(&out));

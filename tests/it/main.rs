@@ -4,5 +4,6 @@
 mod common;
 
 mod agreement;
+mod ci;
 mod cli;
 mod servers;

@@ -1,51 +1,7 @@
 //! `tenantbench mock-vllm` and `tenantbench router` as standalone servers, started the way a user
 //! starts them (vLLM's and LiteLLM's flags), talked to over HTTP.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use crate::common::{root, text};
-
-/// A child server, killed (by its own PID) when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
-fn start(args: &[&str]) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_tenantbench"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start tenantbench: {e}"));
-    Server(child)
-}
-
-/// Polls `url` until it answers 200, for at most 20 s.
-async fn wait_ready(client: &reqwest::Client, url: &str) {
-    for _ in 0..200 {
-        if let Ok(r) = client.get(url).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} did not become ready");
-}
+use crate::common::{free_port, root, start, text, wait_ready};
 
 #[tokio::test]
 async fn mock_vllm_serves_the_base_model_and_adapters_with_vllms_flags() {

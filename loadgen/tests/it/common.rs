@@ -163,6 +163,7 @@ pub fn spec(addr: SocketAddr) -> loadgen::client::RequestSpec {
         planned_prompt_tokens: 10,
         t0: now,
         intended: now,
+        dispatched: None,
         timeout: Duration::from_secs(10),
     }
 }

@@ -66,6 +66,7 @@ fn request(rng: &mut StdRng, id: u64, t: &TenantInfo, intended_ms: f64) -> Reque
         warmup: intended_ms < WARMUP_S * 1000.0,
         intended_start_ms: intended_ms,
         actual_start_ms: intended_ms + lateness,
+        dispatched_ms: None,
         ttft_ms: None,
         ttfc_ms: None,
         tpot_ms: None,
