@@ -90,6 +90,11 @@ pub fn router_config(
                     "id": m.engine,
                     "input_cost_per_token": m.input_price_per_mtok / 1e6,
                     "output_cost_per_token": m.output_price_per_mtok / 1e6,
+                    // The engine's context window, so the router refuses an over-long prompt
+                    // before it takes any allowance (null: no engine, the engine decides).
+                    "max_input_tokens": engine
+                        .and_then(|e| e.config.resolve().ok())
+                        .map(|spec| spec.max_model_len),
                 },
             })
         })

@@ -27,6 +27,10 @@ pub struct Group {
     /// can cost, whichever deployment ends up serving it.
     pub max_input_price: f64,
     pub max_output_price: f64,
+    /// The largest context window among the deployments, when every one declares one: a
+    /// request over it fits none of them. A request between a smaller deployment's window and
+    /// this one is left to the engine that gets it.
+    pub context_window: Option<u64>,
     health: Vec<Mutex<Health>>,
 }
 
@@ -60,6 +64,12 @@ impl Balancer {
                 fallbacks: g.fallbacks.iter().filter_map(|f| index(f)).collect(),
                 max_input_price: 0.0,
                 max_output_price: 0.0,
+                context_window: g
+                    .deployments
+                    .iter()
+                    .map(|d| d.context_window.map(std::num::NonZeroU64::get))
+                    .collect::<Option<Vec<u64>>>()
+                    .and_then(|w| w.into_iter().max()),
                 health: g.deployments.iter().map(|_| Mutex::default()).collect(),
             })
             .collect();
@@ -233,6 +243,33 @@ router_settings: {{ fallbacks: [{{a: [b]}}], allowed_fails: 1, cooldown_time: 5 
         );
         let g = b.as_ref().and_then(|b| b.group(1));
         assert_eq!(g.map(|g| g.max_output_price), Some(0.0));
+    }
+
+    #[test]
+    fn a_groups_context_window_is_its_largest_when_every_deployment_has_one() {
+        let windows = |a1: &str, a2: &str| {
+            let yaml = format!(
+                r#"
+model_list:
+  - model_name: a
+    litellm_params: {{ model: hosted_vllm/x, api_base: "http://127.0.0.1:1/v1" }}
+    model_info: {{ id: a1 {a1} }}
+  - model_name: a
+    litellm_params: {{ model: hosted_vllm/x, api_base: "http://127.0.0.1:2/v1" }}
+    model_info: {{ id: a2 {a2} }}
+"#
+            );
+            parse(&yaml, "t")
+                .ok()
+                .map(|c| Balancer::new(&c))
+                .and_then(|b| b.group(0).map(|g| g.context_window))
+        };
+        let w = ", max_input_tokens: 4096";
+        let w2 = ", max_input_tokens: 8192";
+        assert_eq!(windows(w, w2), Some(Some(8192)));
+        // One deployment without a window might take anything: the engine decides.
+        assert_eq!(windows(w, ""), Some(None));
+        assert_eq!(windows("", ""), Some(None));
     }
 
     #[tokio::test(start_paused = true)]

@@ -109,6 +109,9 @@ pub struct Deployment {
     pub timeout: Duration,
     pub input_cost_per_token: f64,
     pub output_cost_per_token: f64,
+    /// `model_info.max_input_tokens`: prompt + completion tokens the engine accepts (vLLM's
+    /// `max_model_len`).
+    pub context_window: Option<NonZeroU64>,
 }
 
 impl Deployment {
@@ -640,6 +643,16 @@ impl Validator {
             };
             let input_cost_per_token = price("input_cost_per_token", info.input_cost_per_token)?;
             let output_cost_per_token = price("output_cost_per_token", info.output_cost_per_token)?;
+            let context_window = match info.max_input_tokens {
+                None => None,
+                Some(n) => Some(NonZeroU64::new(n).ok_or_else(|| {
+                    self.err(
+                        &at("model_info.max_input_tokens"),
+                        "0 is not a context window",
+                        "give the engine's context length (vLLM's --max-model-len), e.g. `max_input_tokens: 8192`, or remove it",
+                    )
+                })?),
+            };
             let deployment = Deployment {
                 id,
                 model_name: name.clone(),
@@ -653,6 +666,7 @@ impl Validator {
                 timeout,
                 input_cost_per_token,
                 output_cost_per_token,
+                context_window,
             };
             match groups.iter_mut().find(|g| g.name == name) {
                 Some(g) => g.deployments.push(deployment),
@@ -1094,6 +1108,26 @@ tenants:
                 .is_some_and(|u| u.starts_with("redis://"))
         );
         assert!(c.warnings.iter().any(|w| w.contains("litellm_settings")));
+    }
+
+    #[test]
+    fn max_input_tokens_is_the_deployments_context_window() {
+        let with = |n: &str| {
+            GOOD.replace(
+                "output_cost_per_token: 0.0000006 }",
+                &format!("output_cost_per_token: 0.0000006, max_input_tokens: {n} }}"),
+            )
+        };
+        let c = parse(&with("8192"), "t.yaml");
+        assert!(c.is_ok_and(|c| {
+            c.groups[0].deployments[0].context_window == NonZeroU64::new(8192)
+                && c.groups[1].deployments[0].context_window.is_none()
+                && !c.warnings.iter().any(|w| w.contains("max_input_tokens"))
+        }));
+        assert_eq!(
+            path_of(&with("0")).as_deref(),
+            Some("model_list[0].model_info.max_input_tokens")
+        );
     }
 
     #[test]

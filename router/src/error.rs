@@ -14,6 +14,9 @@
 //!   timeout → 504. Upstream 400/413/422 are the client's fault and pass through unchanged
 //!   (vLLM's context-length message reaches the client); other upstream 4xx mean the router is
 //!   misconfigured for that deployment and become 502.
+//! - Context length: when the deployments declare `model_info.max_input_tokens`, the router
+//!   refuses an oversized request itself, before admission, with OpenAI's
+//!   `context_length_exceeded` code and vLLM's wording.
 
 use std::time::Duration;
 
@@ -35,6 +38,18 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("{}", .0.message)]
     InvalidRequest(FieldError),
+    /// Prompt (+ `max_tokens`) over the group's context window, refused before admission so
+    /// that a request no engine can serve moves no counter.
+    #[error("{}", context_message(*.limit, *.prompt, *.completion, .part))]
+    ContextLengthExceeded {
+        limit: u64,
+        /// The router's prompt estimate (the one TPM uses).
+        prompt: u64,
+        /// The client's `max_tokens`, when it gave one.
+        completion: Option<u64>,
+        /// Where the prompt is: `messages` (chat) or `prompt` (completions).
+        part: &'static str,
+    },
     #[error("Missing API key: send `Authorization: Bearer <key>`.")]
     MissingKey,
     #[error("Invalid API key.")]
@@ -104,6 +119,20 @@ fn rate_message(r: &Rejection) -> String {
     )
 }
 
+/// OpenAI's and vLLM's wording, so clients that match on it (LangChain, LiteLLM's
+/// `ContextWindowExceededError` mapping) recognise the router's refusal as the engine's.
+fn context_message(limit: u64, prompt: u64, completion: Option<u64>, part: &str) -> String {
+    match completion {
+        Some(c) if prompt < limit => format!(
+            "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({prompt} in the {part}, {c} in the completion). Please reduce the length of the {part} or completion.",
+            prompt + c
+        ),
+        _ => format!(
+            "This model's maximum context length is {limit} tokens. However, you requested {prompt} tokens in the {part}. Please reduce the length of the {part}."
+        ),
+    }
+}
+
 fn budget_message(b: &BudgetExceeded) -> String {
     let whose = if b.scope.starts_with("key:") {
         "this key's"
@@ -144,7 +173,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
             Self::MissingKey | Self::InvalidKey | Self::KeyBlocked | Self::KeyExpired => {
                 StatusCode::UNAUTHORIZED
             }
@@ -176,6 +205,7 @@ impl ApiError {
         match self {
             Self::BodyTooLarge { .. }
             | Self::InvalidRequest(_)
+            | Self::ContextLengthExceeded { .. }
             | Self::UnknownModel { .. }
             | Self::NotFound(_)
             | Self::NoRoute(_) => "invalid_request_error",
@@ -205,6 +235,7 @@ impl ApiError {
         let s = match self {
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::InvalidRequest(_) => "invalid_value",
+            Self::ContextLengthExceeded { .. } => "context_length_exceeded",
             Self::MissingKey | Self::InvalidKey => "invalid_api_key",
             Self::KeyBlocked => "key_blocked",
             Self::KeyExpired => "key_expired",
@@ -220,6 +251,7 @@ impl ApiError {
     fn param(&self) -> Option<String> {
         match self {
             Self::InvalidRequest(e) => e.param.clone(),
+            Self::ContextLengthExceeded { part, .. } => Some((*part).to_string()),
             Self::UnknownModel { .. } | Self::ModelNotAllowed { .. } => Some("model".into()),
             _ => None,
         }
@@ -229,7 +261,7 @@ impl ApiError {
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::BodyTooLarge { .. } => Outcome::TooLarge,
-            Self::InvalidRequest(_) => Outcome::InvalidRequest,
+            Self::InvalidRequest(_) | Self::ContextLengthExceeded { .. } => Outcome::InvalidRequest,
             Self::MissingKey | Self::InvalidKey | Self::KeyBlocked | Self::KeyExpired => {
                 Outcome::Unauthorized
             }
@@ -320,6 +352,12 @@ mod tests {
         let cases = vec![
             ApiError::BodyTooLarge { limit: 10 },
             ApiError::InvalidRequest(FieldError::new("temperature", "bad")),
+            ApiError::ContextLengthExceeded {
+                limit: 8,
+                prompt: 5,
+                completion: Some(4),
+                part: "messages",
+            },
             ApiError::MissingKey,
             ApiError::UnknownModel { model: "x".into() },
             ApiError::ModelNotAllowed { model: "x".into() },
@@ -329,7 +367,7 @@ mod tests {
             },
             ApiError::Internal("boom".into()),
         ];
-        let want = [413, 400, 401, 404, 403, 504, 500];
+        let want = [413, 400, 400, 401, 404, 403, 504, 500];
         for (e, want) in cases.into_iter().zip(want) {
             let (s, _, v) = parts(e).await;
             assert_eq!(s.as_u16(), want);
@@ -401,5 +439,36 @@ mod tests {
                     .is_some_and(|m| m.contains("oops"))
             );
         }
+    }
+
+    #[tokio::test]
+    async fn context_length_refusal_speaks_like_openai_and_vllm() {
+        let (s, _, v) = parts(ApiError::ContextLengthExceeded {
+            limit: 100,
+            prompt: 40,
+            completion: Some(80),
+            part: "messages",
+        })
+        .await;
+        assert_eq!(s.as_u16(), 400);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "context_length_exceeded");
+        assert_eq!(v["error"]["param"], "messages");
+        assert_eq!(
+            v["error"]["message"],
+            "This model's maximum context length is 100 tokens. However, you requested 120 tokens (40 in the messages, 80 in the completion). Please reduce the length of the messages or completion."
+        );
+        // A prompt alone over the window names only the prompt, as vLLM does.
+        let (_, _, v) = parts(ApiError::ContextLengthExceeded {
+            limit: 100,
+            prompt: 150,
+            completion: None,
+            part: "prompt",
+        })
+        .await;
+        assert_eq!(
+            v["error"]["message"],
+            "This model's maximum context length is 100 tokens. However, you requested 150 tokens in the prompt. Please reduce the length of the prompt."
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! 1. `Content-Length` against `max_body_bytes` (413) — before the body is read;
 //! 2. the bearer key → tenant (401);
 //! 3. the body, read with the size cap (413), parsed and validated (400 naming the field);
-//! 4. the virtual model → group (404) and the tenant's access to it (403);
+//! 4. the virtual model → group (404), the tenant's access to it (403), and the group's context
+//!    window (`model_info.max_input_tokens`: 400 `context_length_exceeded`), so a request no
+//!    engine could serve takes no RPM entry, no tokens and no budget hold;
 //! 5. admission: the worst-case cost is held against the budget, then RPM/TPM/parallel limits
 //!    are taken (a limit refusal releases the hold);
 //! 6. attempts: a deployment of the group (retries: another one), then each fallback group,
@@ -294,8 +296,16 @@ impl Exchange {
         if !principal.may_use(&model) {
             return Err(ApiError::ModelNotAllowed { model });
         }
-        let (prompt_estimate, completion_estimate) =
-            estimate(&valid, self.state.settings.default_max_tokens_estimate);
+        let est = estimate(&valid, self.state.settings.default_max_tokens_estimate);
+        if let Some(limit) = self
+            .state
+            .balancer
+            .group(group)
+            .and_then(|g| g.context_window)
+        {
+            check_context(limit, &est, self.endpoint)?;
+        }
+        let (prompt_estimate, completion_estimate) = (est.prompt, est.completion);
         let Value::Object(mut body) = value else {
             return Err(ApiError::Internal("request body changed shape".into()));
         };
@@ -802,27 +812,73 @@ enum Valid {
     Completion(ValidCompletion),
 }
 
-/// `(prompt, completion)` tokens a request may use, for admission: prompt counted with the
-/// shared cl100k counter (chat template overhead included), completion from `max_tokens`
-/// (or the configured default for chat) times `n`.
-fn estimate(v: &Valid, default_max_tokens: u32) -> (u64, u64) {
+/// Tokens a request may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Estimate {
+    /// Prompt tokens of the whole request (every prompt of a batch), for TPM and budget.
+    prompt: u64,
+    /// Completion tokens of the whole request: `max_tokens` (or the default) × `n`.
+    completion: u64,
+    /// The longest single prompt, for the context-window check.
+    longest_prompt: u64,
+    /// The client's `max_tokens` for one sequence, when it gave one.
+    max_tokens: Option<u64>,
+}
+
+/// What a request may use, for admission: prompt counted with the shared cl100k counter (chat
+/// template overhead included), completion from `max_tokens` (or the configured default for
+/// chat) times `n`.
+fn estimate(v: &Valid, default_max_tokens: u32) -> Estimate {
     match v {
         Valid::Chat(c) => {
             let texts: Vec<String> = c.messages.iter().map(|m| m.text()).collect();
-            let prompt = wire::tokens::count_chat(texts.iter().map(String::as_str));
+            let prompt = wire::tokens::count_chat(texts.iter().map(String::as_str)) as u64;
             let completion = c.max_tokens.unwrap_or(default_max_tokens);
-            (prompt as u64, u64::from(completion) * u64::from(c.n))
+            Estimate {
+                prompt,
+                completion: u64::from(completion) * u64::from(c.n),
+                longest_prompt: prompt,
+                max_tokens: c.max_tokens.map(u64::from),
+            }
         }
         Valid::Completion(c) => {
-            let prompt = match &c.prompt {
-                Prompt::Text(t) => wire::tokens::count(t),
-                Prompt::Texts(ts) => ts.iter().map(|t| wire::tokens::count(t)).sum(),
-                Prompt::Tokens(t) => t.len(),
-                Prompt::TokenBatches(b) => b.iter().map(Vec::len).sum(),
+            let each: Vec<usize> = match &c.prompt {
+                Prompt::Text(t) => vec![wire::tokens::count(t)],
+                Prompt::Texts(ts) => ts.iter().map(|t| wire::tokens::count(t)).collect(),
+                Prompt::Tokens(t) => vec![t.len()],
+                Prompt::TokenBatches(b) => b.iter().map(Vec::len).collect(),
             };
-            (prompt as u64, u64::from(c.max_tokens) * u64::from(c.n))
+            Estimate {
+                prompt: each.iter().sum::<usize>() as u64,
+                completion: u64::from(c.max_tokens) * u64::from(c.n),
+                longest_prompt: each.iter().copied().max().unwrap_or(0) as u64,
+                max_tokens: Some(u64::from(c.max_tokens)),
+            }
         }
     }
+}
+
+/// vLLM's context check, made by the router before admission: a prompt that fills the window,
+/// or a prompt plus the requested `max_tokens` over it, is refused (a request without
+/// `max_tokens` gets what is left of the window, as vLLM does). The prompt is the router's
+/// cl100k estimate, not the engine's tokenizer: near the edge the two can disagree, and
+/// whichever refuses first answers.
+fn check_context(limit: u64, e: &Estimate, endpoint: Endpoint) -> Result<(), ApiError> {
+    let over = e.longest_prompt >= limit
+        || e.max_tokens
+            .is_some_and(|m| e.longest_prompt.saturating_add(m) > limit);
+    if !over {
+        return Ok(());
+    }
+    Err(ApiError::ContextLengthExceeded {
+        limit,
+        prompt: e.longest_prompt,
+        completion: e.max_tokens,
+        part: match endpoint {
+            Endpoint::Chat => "messages",
+            Endpoint::Completions => "prompt",
+        },
+    })
 }
 
 /// Reads the typed request out of the JSON without copying it (the body is kept for
@@ -880,4 +936,32 @@ fn is_length_limit(e: &axum::Error) -> bool {
         cur = err.source();
     }
     e.to_string().contains("length limit")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn est(longest_prompt: u64, max_tokens: Option<u64>) -> Estimate {
+        Estimate {
+            prompt: longest_prompt,
+            completion: max_tokens.unwrap_or(256),
+            longest_prompt,
+            max_tokens,
+        }
+    }
+
+    #[test]
+    fn context_check_follows_vllm() {
+        let fits = |e: Estimate| check_context(100, &e, Endpoint::Chat).is_ok();
+        assert!(fits(est(50, Some(50))), "exactly the window");
+        assert!(!fits(est(50, Some(51))));
+        assert!(fits(est(99, None)), "no max_tokens: the rest of the window");
+        assert!(!fits(est(100, None)), "a prompt that fills the window");
+        assert!(!fits(est(100, Some(1))));
+        assert!(
+            !fits(est(1, Some(u64::MAX))),
+            "no overflow on huge max_tokens"
+        );
+    }
 }

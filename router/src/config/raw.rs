@@ -79,6 +79,12 @@ pub struct RawModelInfo {
     /// Price of one completion token, in spend units.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_cost_per_token: Option<f64>,
+    /// The deployment's context window in tokens (LiteLLM's name; for vLLM, its
+    /// `--max-model-len`). The router refuses with 400 `context_length_exceeded`, before any
+    /// limit or budget is touched, a request whose prompt estimate plus `max_tokens` exceeds
+    /// it. Absent: the engine is left to say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u64>,
 }
 
 /// LiteLLM's `router_settings`.

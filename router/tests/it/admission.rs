@@ -7,6 +7,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::common::*;
+use crate::services;
 
 fn limited(extra: &str) -> String {
     format!("  - id: limited\n    keys: [sk-limited]\n{extra}")
@@ -98,15 +99,32 @@ async fn tpm_reserves_estimates_and_reconciles_streams_with_usage() {
     assert_eq!(v["error"]["type"], "tokens");
 }
 
-#[tokio::test]
-async fn parallel_slot_is_held_until_the_stream_ends() {
+/// One stream at a time: a second request while the first streams is refused; once the
+/// client has read the last byte, the slot is free again. `shared` puts the slot in Redis.
+async fn parallel_slot_is_held_until_the_last_byte(shared: Option<(String, String)>) {
     let engine = SlowEngine::start(SlowEngine::vllm_events(4), Duration::from_millis(150)).await;
+    let (general, settings) = match &shared {
+        Some((url, prefix)) => (
+            format!(", redis_url: \"{url}\""),
+            format!(", redis_prefix: \"{prefix}\""),
+        ),
+        None => (String::new(), String::new()),
+    };
     let s = Stack::with(Opts {
         fast_base: Some(engine.base.clone()),
         tenants: limited("    max_parallel_requests: 1\n"),
+        general,
+        settings,
         ..Opts::default()
     })
     .await;
+    let (_, ready) = s.admin_get(MASTER, "/health/readiness").await;
+    let want = if shared.is_some() {
+        "redis"
+    } else {
+        "per-process"
+    };
+    assert_eq!(ready["limits"], want, "{ready}");
     let body = chat_body("chat-fast", true);
     let first = s.chat("sk-limited", &body).await;
     assert_eq!(first.status(), 200);
@@ -114,13 +132,109 @@ async fn parallel_slot_is_held_until_the_stream_ends() {
     assert_eq!(second.status(), 429);
     let v: Value = second.json().await.expect("json");
     assert_eq!(v["error"]["type"], "parallel_requests");
-    let _ = first.text().await;
+    let text = first.text().await.expect("stream");
+    assert!(text.ends_with("data: [DONE]\n\n"));
     // Give the router a moment to see the body finished.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let third = s.chat("sk-limited", &body).await;
     assert_eq!(third.status(), 200);
     let _ = third.text().await;
     engine.token.cancel();
+}
+
+#[tokio::test]
+async fn parallel_slot_is_held_until_the_stream_ends() {
+    parallel_slot_is_held_until_the_last_byte(None).await;
+}
+
+#[tokio::test]
+async fn parallel_slot_is_held_until_the_stream_ends_on_redis() {
+    parallel_slot_is_held_until_the_last_byte(Some(services::redis_url())).await;
+}
+
+#[tokio::test]
+async fn a_tenants_rpm_limit_is_shared_by_its_keys() {
+    let s = Stack::with(Opts {
+        tenants: "  - id: two-keys\n    keys: [sk-two-1, sk-two-2]\n    rpm_limit: 2\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    mount_json(&s.fast, vllm_json("hi", (5, 1))).await;
+    let body = chat_body("chat-fast", false);
+    let r1 = s.chat("sk-two-1", &body).await;
+    assert_eq!(r1.status(), 200);
+    let r2 = s.chat("sk-two-2", &body).await;
+    assert_eq!(r2.status(), 200);
+    assert_eq!(header(&r2, "x-ratelimit-remaining-requests"), Some("0"));
+    for key in ["sk-two-1", "sk-two-2"] {
+        let r = s.chat(key, &body).await;
+        assert_eq!(r.status(), 429, "{key}");
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["error"]["type"], "requests");
+    }
+    assert_eq!(Stack::received(&s.fast).await.len(), 2);
+}
+
+/// `"12.5s"` → 12.5.
+fn reset_of(r: &reqwest::Response, name: &str) -> f64 {
+    header(r, name)
+        .and_then(|v| v.strip_suffix('s'))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name}: {:?}", header(r, name)))
+}
+
+#[tokio::test]
+async fn reset_headers_count_down_to_the_oldest_entry_leaving_the_window() {
+    let s = Stack::with(Opts {
+        tenants: limited("    rpm_limit: 5\n    tpm_limit: 10000\n"),
+        ..Opts::default()
+    })
+    .await;
+    mount_json(&s.fast, vllm_json("hi", (5, 1))).await;
+    let body = chat_body("chat-fast", false);
+    let r1 = s.chat("sk-limited", &body).await;
+    assert_eq!(r1.status(), 200);
+    // Just admitted: the entry leaves the 60 s window in (almost) 60 s.
+    for name in ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"] {
+        let reset = reset_of(&r1, name);
+        assert!((59.0..=60.0).contains(&reset), "{name}: {reset}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The second request's headers still count down to the first entry, 1.5 s older.
+    let r2 = s.chat("sk-limited", &body).await;
+    assert_eq!(r2.status(), 200);
+    for name in ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"] {
+        let reset = reset_of(&r2, name);
+        assert!((57.0..=58.6).contains(&reset), "{name}: {reset}");
+    }
+}
+
+#[tokio::test]
+async fn default_max_tokens_estimate_is_reserved_when_max_tokens_is_absent() {
+    let s = Stack::with(Opts {
+        tenants: limited("    tpm_limit: 10000\n"),
+        settings: ", default_max_tokens_estimate: 100".into(),
+        ..Opts::default()
+    })
+    .await;
+    mount_json(&s.fast, vllm_json("hi", (5, 1))).await;
+    let mut body = chat_body("chat-fast", false);
+    body.as_object_mut().map(|o| o.remove("max_tokens"));
+    let prompt = wire::tokens::count_chat(["Say hello to the world."]) as u64;
+    let remaining = |r: &reqwest::Response| -> u64 {
+        header(r, "x-ratelimit-remaining-tokens")
+            .and_then(|v| v.parse().ok())
+            .expect("remaining tokens")
+    };
+    // At admission the window holds the prompt and the configured 100, not 256.
+    let r1 = s.chat("sk-limited", &body).await;
+    assert_eq!(r1.status(), 200);
+    assert_eq!(remaining(&r1), 10_000 - (prompt + 100));
+    // Then usage (6) replaced it; with n = 2 the default counts once per choice.
+    body["n"] = json!(2);
+    let r2 = s.chat("sk-limited", &body).await;
+    assert_eq!(r2.status(), 200);
+    assert_eq!(remaining(&r2), 10_000 - 6 - (prompt + 200));
 }
 
 #[tokio::test]
@@ -218,4 +332,56 @@ async fn racing_requests_cannot_overspend_the_budget() {
     assert_eq!(r.status(), 429);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["error"]["type"], "budget_exceeded");
+    // The promise itself: what was spent never passes the budget by more than one request's
+    // cost (35 completion tokens × 0.0001), in the ledger and in the metrics.
+    let one_request = 0.0035;
+    let (_, rows) = s.admin_get(MASTER, "/spend/logs?tenant_id=limited").await;
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), ok);
+    let spent: f64 = rows.iter().filter_map(|r| r["spend"].as_f64()).sum();
+    assert!(spent <= 0.010 + one_request + 1e-12, "spent {spent}");
+    assert!((spent - 0.007).abs() < 1e-9, "spent {spent}");
+    let m = s.metrics_text().await;
+    let exported = metric(&m, "tenantbench_router_spend_total{tenant=\"limited\"}");
+    assert!((exported - spent).abs() < 1e-9, "metrics say {exported}");
+}
+
+#[tokio::test]
+async fn budget_resets_when_its_period_ends() {
+    // budget_duration 2s: periods start at multiples of 2 s since the epoch, so once refused
+    // the tenant is served again within Retry-After.
+    let s = Stack::with(Opts {
+        fast_prices: (0.001, 0.002),
+        tenants: limited("    max_budget: 0.05\n    budget_duration: 2s\n"),
+        ..Opts::default()
+    })
+    .await;
+    mount_json(&s.fast, vllm_json("hi", (10, 5))).await;
+    let mut body = chat_body("chat-fast", false);
+    body["max_tokens"] = json!(1);
+    // Each request costs 0.02: two fit a period (more if the burst straddles a boundary).
+    let mut ok = 0;
+    let refused = loop {
+        let r = s.chat("sk-limited", &body).await;
+        if r.status() == 200 {
+            ok += 1;
+            assert!(ok <= 6, "the budget never refused");
+            continue;
+        }
+        break r;
+    };
+    assert!(ok >= 2, "{ok} served before the refusal");
+    assert_eq!(refused.status(), 400);
+    let wait_ms: u64 = header(&refused, "retry-after-ms")
+        .and_then(|v| v.parse().ok())
+        .expect("a 2s budget period says when it resets");
+    assert!((1..=2000).contains(&wait_ms), "retry-after-ms {wait_ms}");
+    let v: Value = refused.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "budget_exceeded");
+    tokio::time::sleep(Duration::from_millis(wait_ms + 50)).await;
+    let r = s.chat("sk-limited", &body).await;
+    assert_eq!(r.status(), 200, "a new period has its whole budget");
+    // The ledger keeps every period's rows: 0.02 per served request.
+    let (_, rows) = s.admin_get(MASTER, "/spend/logs?tenant_id=limited").await;
+    assert_eq!(rows.as_array().map(Vec::len), Some(ok + 1));
 }

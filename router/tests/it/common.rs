@@ -1,7 +1,7 @@
 //! Shared fixtures: a router in front of two wiremock engines, vLLM-shaped bodies, and a
 //! scripted slow SSE engine for timing and cancellation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +38,8 @@ pub struct Opts {
     pub fast_base: Option<String>,
     pub strong_timeout_s: f64,
     pub fast_prices: (f64, f64),
+    /// Extra `model_info` entries of chat-fast (`, max_input_tokens: 64`).
+    pub fast_info: String,
     pub settings: String,
     pub router_settings: String,
     /// Extra `general_settings` entries (`, database_url: ...`).
@@ -52,6 +54,7 @@ impl Default for Opts {
             fast_base: None,
             strong_timeout_s: 30.0,
             fast_prices: (0.0000002, 0.0000006),
+            fast_info: String::new(),
             settings: String::new(),
             router_settings: String::new(),
             general: String::new(),
@@ -84,7 +87,7 @@ pub fn yaml(fast: &str, strong: &str, audit: &std::path::Path, o: &Opts) -> Stri
 model_list:
   - model_name: chat-fast
     litellm_params: {{ model: hosted_vllm/mistral-7b-instruct, api_base: "{fast}", api_key: "none", rpm: 10000, timeout: 30 }}
-    model_info: {{ id: fast-a, input_cost_per_token: {}, output_cost_per_token: {} }}
+    model_info: {{ id: fast-a, input_cost_per_token: {}, output_cost_per_token: {} {} }}
   - model_name: chat-strong
     litellm_params: {{ model: hosted_vllm/qwen2.5-32b-instruct, api_base: "{strong}", api_key: sk-upstream-secret, timeout: {} }}
     model_info: {{ id: strong-a, input_cost_per_token: 0.000001, output_cost_per_token: 0.000003 }}
@@ -95,6 +98,7 @@ tenants:{BASE_TENANTS}{}
 "#,
         o.fast_prices.0,
         o.fast_prices.1,
+        o.fast_info,
         o.strong_timeout_s,
         o.router_settings,
         o.general,
@@ -182,6 +186,35 @@ impl Stack {
             .send()
             .await
             .expect("router reachable")
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.root()))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// `x-ratelimit-remaining-{requests,tokens}` of `key` now, read from `GET /v1/models`
+    /// (which takes nothing from the allowance).
+    pub async fn remaining(&self, key: &str) -> (Option<u64>, Option<u64>) {
+        let r = self
+            .client
+            .get(self.url("/models"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("models");
+        let n = |h: &str| header(&r, h).and_then(|v| v.parse().ok());
+        (
+            n("x-ratelimit-remaining-requests"),
+            n("x-ratelimit-remaining-tokens"),
+        )
     }
 
     /// Stops the router (waiting for requests in flight) and returns the audit lines.
@@ -389,4 +422,107 @@ impl SlowEngine {
 
 pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The value of the series `name{labels}` (written exactly as rendered) in a `/metrics` text;
+/// absent series (the router leaves zero request counters out) read as 0.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).filter(|rest| rest.starts_with(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The `tenantbench` binary, built and newer than the router's sources.
+pub fn binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/tenantbench");
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: build it with `cargo build --bin tenantbench` (`cargo test --workspace` does)",
+            bin.display()
+        )
+    });
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let newest = walk(&src).into_iter().max();
+    assert!(
+        newest.is_none_or(|n| n <= built),
+        "{} is older than the router's sources: rebuild it with `cargo build --bin tenantbench`",
+        bin.display()
+    );
+    bin
+}
+
+fn walk(dir: &Path) -> Vec<std::time::SystemTime> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            v.extend(walk(&p));
+        } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+            v.push(t);
+        }
+    }
+    v
+}
+
+/// A child process killed and reaped when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tenantbench router` on `port` with its stderr in `<cfg>.<port>.log` (see
+/// [`binary_log`]) and waits until it answers readiness.
+pub async fn start_binary(bin: &Path, cfg: &Path, port: u16) -> Child {
+    let log = binary_log(cfg, port);
+    let err = std::fs::File::create(&log).expect("log file");
+    let mut child = Child(
+        std::process::Command::new(bin)
+            .arg("router")
+            .arg("--config")
+            .arg(cfg)
+            .args(["--port", &port.to_string()])
+            // The router's own default level, whatever the test's environment says.
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("start tenantbench router"),
+    );
+    let c = client();
+    for _ in 0..200 {
+        if c.get(format!("http://127.0.0.1:{port}/health/readiness"))
+            .send()
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("the router binary exited ({status}): {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the router binary did not come up");
+}
+
+/// Where [`start_binary`] writes the router's stderr.
+pub fn binary_log(cfg: &Path, port: u16) -> PathBuf {
+    cfg.with_extension(format!("{port}.log"))
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::common::*;
+use router::store::{Database, RowFilter, Store};
 
 async fn generate(s: &Stack, body: Value) -> Value {
     let (status, v) = s.admin_post(MASTER, "/key/generate", &body).await;
@@ -227,4 +228,128 @@ pub fn sha256_hex(s: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[tokio::test]
+async fn raw_keys_never_reach_metrics_or_the_spend_database() {
+    // Only hashes may be stored or exported: read the SQLite files byte for byte (rows, key
+    // records, WAL) and the metrics text, after traffic under config and generated keys.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("spend.sqlite");
+    let mut s = Stack::with(Opts {
+        settings: format!(", spend_db: \"{}\"", db.display()),
+        ..Opts::default()
+    })
+    .await;
+    mount_json(&s.fast, vllm_json("hi", (5, 1))).await;
+    let custom = "sk-custom-raw-key-0042";
+    let made = generate(
+        &s,
+        json!({"tenant_id": "tenant-01", "key": custom, "key_alias": "custom"}),
+    )
+    .await;
+    assert_eq!(made["key"], custom);
+    let random = generate(&s, json!({"tenant_id": "tenant-02", "max_budget": 5.0})).await;
+    let random = random["key"].as_str().expect("raw key").to_string();
+    for key in [T1, T2, custom, random.as_str(), "sk-not-a-key-9"] {
+        let r = s.chat(key, &chat_body("chat-fast", false)).await;
+        let _ = r.bytes().await;
+    }
+    let metrics = s.metrics_text().await;
+    s.stop().await;
+    let secrets = [
+        T1,
+        T2,
+        MASTER,
+        custom,
+        random.as_str(),
+        "sk-not-a-key-9",
+        "sk-upstream-secret",
+    ];
+    for secret in secrets {
+        assert!(!metrics.contains(secret), "{secret} in /metrics");
+    }
+    // The rows are there (so the search below is not vacuous), keyed by hash.
+    let store = Store::open(&Database::Sqlite(db.clone()))
+        .await
+        .expect("open");
+    let rows = store.rows(&RowFilter::default(), 100).await.expect("rows");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for key in [T1, T2, custom, random.as_str()] {
+        assert!(
+            rows.iter().any(|r| r.key_hash == sha256_hex(key)),
+            "{key}'s row"
+        );
+    }
+    let keys = store.keys(None).await.expect("key records");
+    assert_eq!(keys.len(), 2);
+    drop(store);
+    let mut files = 0;
+    for e in std::fs::read_dir(dir.path()).expect("dir").flatten() {
+        let bytes = std::fs::read(e.path()).expect("read");
+        files += 1;
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} in {}",
+                e.path().display()
+            );
+        }
+    }
+    assert!(files >= 1);
+}
+
+#[tokio::test]
+async fn generated_key_budget_and_tpm_limit_are_enforced() {
+    // Each request costs 0.02 (10 prompt × 0.001 + 5 completion × 0.002) and uses 15 tokens.
+    let s = Stack::with(Opts {
+        fast_prices: (0.001, 0.002),
+        ..Opts::default()
+    })
+    .await;
+    mount_json(&s.fast, vllm_json("hi", (10, 5))).await;
+    let mut body = chat_body("chat-fast", false);
+    body["max_tokens"] = json!(1);
+
+    let budgeted = generate(
+        &s,
+        json!({"tenant_id": "tenant-01", "max_budget": 0.05, "budget_duration": "1h"}),
+    )
+    .await;
+    let budgeted = budgeted["key"].as_str().unwrap_or_default().to_string();
+    for _ in 0..2 {
+        assert_eq!(s.chat(&budgeted, &body).await.status(), 200);
+    }
+    // 0.04 spent: the third's worst case no longer fits in 0.05.
+    let r = s.chat(&budgeted, &body).await;
+    assert_eq!(r.status(), 400);
+    let retry: u64 = header(&r, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("the 1h budget period says when it resets");
+    assert!((1..=3600).contains(&retry), "Retry-After {retry}");
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "budget_exceeded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("this key's")),
+        "{v}"
+    );
+
+    // 15 tokens per request against 40 per minute: a request is admitted while the window
+    // holds fewer than 40, so the fourth is refused.
+    let tpm = generate(&s, json!({"tenant_id": "tenant-01", "tpm_limit": 40})).await;
+    let tpm = tpm["key"].as_str().unwrap_or_default().to_string();
+    for _ in 0..3 {
+        assert_eq!(s.chat(&tpm, &body).await.status(), 200);
+    }
+    let r = s.chat(&tpm, &body).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "x-ratelimit-limit-tokens"), Some("40"));
+    assert!(header(&r, "retry-after").is_some());
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "tokens");
+
+    // Neither key's limit is its tenant's: the config key still gets through.
+    assert_eq!(s.chat(T1, &body).await.status(), 200);
 }

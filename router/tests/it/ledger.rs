@@ -1,7 +1,6 @@
 //! The spend log: rows committed before the last byte, budgets resumed after a restart (and
 //! after SIGKILL of the real binary), PostgreSQL as the production backend.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -209,81 +208,6 @@ async fn postgres_ledger_keeps_rows_keys_and_budgets_across_restarts() {
     assert!((total - 0.004).abs() < 1e-9, "{total}");
 }
 
-fn binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let bin = target.join("debug/tenantbench");
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).unwrap_or_else(|_| {
-        panic!(
-            "{} is missing: build it with `cargo build --bin tenantbench` (`cargo test --workspace` does)",
-            bin.display()
-        )
-    });
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let newest = walk(&src).into_iter().max();
-    assert!(
-        newest.is_none_or(|n| n <= built),
-        "{} is older than the router's sources: rebuild it with `cargo build --bin tenantbench`",
-        bin.display()
-    );
-    bin
-}
-
-fn walk(dir: &Path) -> Vec<std::time::SystemTime> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            v.extend(walk(&p));
-        } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-            v.push(t);
-        }
-    }
-    v
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn start_binary(bin: &Path, cfg: &Path, port: u16) -> Child {
-    let log = cfg.with_extension(format!("{port}.log"));
-    let err = std::fs::File::create(&log).expect("log file");
-    let mut child = Child(
-        std::process::Command::new(bin)
-            .arg("router")
-            .arg("--config")
-            .arg(cfg)
-            .args(["--port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("start tenantbench router"),
-    );
-    let c = client();
-    for _ in 0..200 {
-        if c.get(format!("http://127.0.0.1:{port}/health/readiness"))
-            .send()
-            .await
-            .is_ok()
-        {
-            return child;
-        }
-        if let Ok(Some(status)) = child.0.try_wait() {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("the router binary exited ({status}): {text}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the router binary did not come up");
-}
-
 #[tokio::test]
 async fn sigkill_mid_load_loses_no_completed_spend_and_budgets_resume() {
     let bin = binary();
@@ -299,10 +223,7 @@ async fn sigkill_mid_load_loses_no_completed_spend_and_budgets_resume() {
         budget_tenant(0.030)
     );
     std::fs::write(&cfg, text).expect("config");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let mut child = start_binary(&bin, &cfg, port).await;
     let c = client();

@@ -104,3 +104,39 @@ async fn a_thousand_requests_in_flight_across_two_replicas_cannot_overspend() {
     assert!((1..=101).contains(&ok), "{ok} succeeded");
     assert!(sum <= 0.1 + 0.001 + 1e-9, "spent {sum}");
 }
+
+/// Starts the real binary with `general` (extra `general_settings` entries) and returns its
+/// stderr once it is ready.
+async fn startup_log(general: &str) -> String {
+    let bin = binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("router.yaml");
+    let text = format!(
+        "model_list:\n  - model_name: chat-fast\n    litellm_params: {{ model: hosted_vllm/m, api_base: \"http://127.0.0.1:9/v1\" }}\ngeneral_settings: {{ master_key: {MASTER} {general} }}\ntenantbench_settings: {{ spend_db: \":memory:\" }}\ntenants:\n  - id: t\n    keys: [sk-t]\n    rpm_limit: 10\n"
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let port = free_port();
+    let child = start_binary(&bin, &cfg, port).await;
+    drop(child);
+    std::fs::read_to_string(binary_log(&cfg, port)).expect("router log")
+}
+
+#[tokio::test]
+async fn without_redis_startup_warns_that_limits_are_per_process() {
+    let log = startup_log("").await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("PER ROUTER PROCESS"))
+        .unwrap_or_else(|| panic!("no per-process warning in:\n{log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("no redis configured"), "{line}");
+    assert!(
+        !log.contains(MASTER) && !log.contains("sk-t\n"),
+        "a key in the log:\n{log}"
+    );
+    // With Redis the same start-up says the limits are shared instead.
+    let (url, _) = services::redis_url();
+    let log = startup_log(&format!(", redis_url: \"{url}\"")).await;
+    assert!(!log.contains("PER ROUTER PROCESS"), "{log}");
+    assert!(log.contains("shared through redis"), "{log}");
+}

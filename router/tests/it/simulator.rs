@@ -101,3 +101,59 @@ async fn adapter_usage_and_token_timing_survive_the_router() {
     sim_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sim.stopped()).await;
 }
+
+#[tokio::test]
+async fn router_and_engine_agree_on_the_context_window() {
+    // The embedded stack gives the router the engine's max_model_len as max_input_tokens: the
+    // router must then refuse what vLLM would refuse, with the same words, before the engine
+    // (or any counter) sees it.
+    let sim_token = CancellationToken::new();
+    let sim = mocks::spawn(
+        mocks::EngineConfig {
+            max_model_len: Some(512),
+            ..mocks::EngineConfig::default()
+        },
+        sim_token.clone(),
+    )
+    .await
+    .expect("simulator starts");
+    let s = Stack::with(Opts {
+        fast_base: Some(sim.base_url()),
+        fast_info: ", max_input_tokens: 512".into(),
+        ..Opts::default()
+    })
+    .await;
+    let mut body = chat_body("chat-fast", false);
+    body["max_tokens"] = json!(500);
+    let r = s.chat(T2, &body).await;
+    assert_eq!(r.status(), 400);
+    let routed: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(routed["error"]["code"], "context_length_exceeded");
+    assert!(sim.timelines().is_empty(), "the engine saw nothing");
+    // The engine, asked directly, refuses the same request the same way.
+    body["model"] = json!("mistral-7b-instruct");
+    let direct = s
+        .client
+        .post(format!("{}/chat/completions", sim.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("simulator");
+    assert_eq!(direct.status(), 400);
+    let direct: serde_json::Value = direct.json().await.expect("json");
+    let head = "This model's maximum context length is 512 tokens. However, you requested";
+    for v in [&routed, &direct] {
+        let m = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            m.starts_with(head) && m.contains("500 in the completion"),
+            "{m}"
+        );
+    }
+    // Within the window, the router passes it on and the engine serves it.
+    body["model"] = json!("chat-fast");
+    body["max_tokens"] = json!(8);
+    let r = s.chat(T2, &body).await;
+    assert_eq!(r.status(), 200);
+    sim_token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sim.stopped()).await;
+}

@@ -160,3 +160,50 @@ async fn error_event_inside_a_stream_passes_through() {
     let v: Value = lines[0].clone();
     assert_eq!(v["status"], 200);
 }
+
+#[tokio::test]
+async fn cumulative_usage_on_every_chunk_is_billed_once() {
+    // Issue 3 case 5: engines that put running usage on every chunk (1, 2, 3) and then a
+    // final usage of 3 must be billed 3 completion tokens, not 1 + 2 + 3 + 3.
+    let mut s = Stack::with(Opts {
+        tenants: "  - id: metered\n    keys: [sk-metered]\n    tpm_limit: 10000\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let event = |v: Value| format!("data: {v}\n\n");
+    let chunk = |content: &str, finish: Value, completion: u64| {
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": completion, "total_tokens": 9 + completion},
+        })
+    };
+    let mut sse = String::new();
+    sse.push_str(&event(chunk(" one", Value::Null, 1)));
+    sse.push_str(&event(chunk(" two", Value::Null, 2)));
+    sse.push_str(&event(chunk(" three", json!("stop"), 3)));
+    sse.push_str(&event(json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+    })));
+    sse.push_str("data: [DONE]\n\n");
+    mount_sse(&s.fast, sse).await;
+    let r = s.chat("sk-metered", &chat_body("chat-fast", true)).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("stream");
+    assert_eq!(
+        text.matches("\"usage\"").count(),
+        3,
+        "content chunks pass unchanged"
+    );
+    let (_, rows) = s.admin_get(MASTER, "/spend/logs?tenant_id=metered").await;
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["prompt_tokens"], 9, "{rows}");
+    assert_eq!(rows[0]["completion_tokens"], 3, "{rows}");
+    // TPM holds the billed 12 tokens.
+    assert_eq!(s.remaining("sk-metered").await.1, Some(10_000 - 12));
+    let lines = s.stop().await;
+    assert_eq!(lines[0]["completion_tokens"], 3);
+    assert_eq!(lines[0]["tokens_estimated"], false);
+}
