@@ -196,7 +196,18 @@ fn verdict(summary: &reports::Summary, dir: &std::path::Path, quiet: bool, json:
         slo(format!("tenant {}", t.tenant), &t.slo);
     }
     if let Some(i) = &summary.isolation {
-        for v in i.victims.iter().filter(|v| !v.passed) {
+        if !i.victims_passed && i.victims.iter().chain(i.pooled.iter()).all(|v| !v.judged) {
+            failures.push(format!(
+                "FAIL isolation: no victim ratio could be judged (each phase needs {} {} values)",
+                i.min_samples, i.metric
+            ));
+        }
+        for v in i
+            .victims
+            .iter()
+            .chain(i.pooled.iter())
+            .filter(|v| !v.passed)
+        {
             failures.push(format!(
                 "FAIL isolation: victim {} {} ratio {} (must be <= {})",
                 v.tenant,

@@ -12,6 +12,8 @@
 //!   tokenizer and marked as estimated;
 //! - a stream that carries an error event, ends without `[DONE]`, or never carries a token is a
 //!   failure and contributes no latency.
+//! - once `[DONE]` has arrived the response is complete: a connection dropped or held open
+//!   after it (before the body's last HTTP chunk) changes nothing.
 
 use std::time::Duration;
 
@@ -183,30 +185,35 @@ pub async fn execute_observed(
     let result =
         tokio::time::timeout_at(deadline, send_and_read(client, &spec, &mut rec, &mut obs)).await;
     let since = |t: Instant| ms(t.saturating_duration_since(spec.intended));
-    match result {
+    let read_to_end = match result {
+        Ok(Ok(())) => true,
+        Ok(Err(())) => false, // outcome and error already set
+        // `[DONE]` arrived before the deadline: the response finished then, even though the
+        // server held the connection open without ending the body.
+        Err(_) if obs.saw_done => true,
         Err(_) => {
             rec.outcome = Outcome::Timeout;
             rec.error = Some(format!(
                 "no complete response within {:.0} s",
                 spec.timeout.as_secs_f64()
             ));
+            false
         }
-        Ok(Err(())) => {} // outcome and error already set
-        Ok(Ok(())) => {
-            rec.outcome = if let Some(e) = obs.error.take() {
-                rec.error = Some(e);
-                Outcome::StreamError
-            } else if !obs.saw_done {
-                rec.error
-                    .get_or_insert_with(|| "stream ended without [DONE]".into());
-                Outcome::Truncated
-            } else if obs.first_token.is_none() {
-                rec.error = Some("stream carried no generated token".into());
-                Outcome::StreamError
-            } else {
-                Outcome::Ok
-            };
-        }
+    };
+    if read_to_end {
+        rec.outcome = if let Some(e) = obs.error.take() {
+            rec.error = Some(e);
+            Outcome::StreamError
+        } else if !obs.saw_done {
+            rec.error
+                .get_or_insert_with(|| "stream ended without [DONE]".into());
+            Outcome::Truncated
+        } else if obs.first_token.is_none() {
+            rec.error = Some("stream carried no generated token".into());
+            Outcome::StreamError
+        } else {
+            Outcome::Ok
+        };
     }
     // Token counts are recorded for failures too (they were delivered and billed).
     match obs.usage {
@@ -271,25 +278,17 @@ async fn send_and_read(
         let now = Instant::now();
         match item {
             Ok(bytes) => obs.observe(&mut parser, &bytes, now),
+            // After `[DONE]` the stream has said everything; a connection closed before the
+            // body's last HTTP chunk loses nothing, so the response stays complete.
+            Err(_) if obs.saw_done => break,
             Err(e) => {
                 // The connection broke mid-stream: whatever arrived is kept; no [DONE] means
-                // the request is recorded as truncated.
-                obs.error.get_or_insert_with(|| {
-                    format!("connection error mid-stream: {}", error_chain(&e))
-                });
+                // the request is recorded as truncated (an error event already seen still
+                // makes it a stream error). Not an error from the server, so not `obs.error`.
+                rec.error = Some(format!("connection error mid-stream: {}", error_chain(&e)));
                 break;
             }
         }
-    }
-    if obs
-        .error
-        .as_deref()
-        .is_some_and(|e| e.starts_with("connection error"))
-        && !obs.saw_done
-    {
-        // A broken connection is a truncation, not an error event from the server.
-        let e = obs.error.take();
-        rec.error = e;
     }
     Ok(())
 }

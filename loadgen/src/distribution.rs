@@ -632,6 +632,66 @@ mod tests {
         assert_eq!(c, vec![0.25, 0.5, 0.75]);
     }
 
+    /// Mean and coefficient of variation (standard deviation ÷ mean) of the gaps between
+    /// consecutive send times, the first gap measured from 0.
+    fn gap_mean_and_cv(times: &[f64]) -> (f64, f64) {
+        let gaps: Vec<f64> = std::iter::once(0.0)
+            .chain(times.iter().copied())
+            .zip(times.iter().copied())
+            .map(|(a, b)| b - a)
+            .collect();
+        let n = gaps.len() as f64;
+        let mean = gaps.iter().sum::<f64>() / n;
+        let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, var.sqrt() / mean)
+    }
+
+    #[test]
+    fn gamma_burstiness_is_the_shape_one_is_poisson_like_and_smaller_is_burstier() {
+        // vllm bench serve's `--burstiness` is the gamma shape k: the gaps' CV is 1/√k, so
+        // k = 1 is as variable as Poisson, k = 0.25 twice as variable, k = 4 half as, all at
+        // the same mean rate.
+        let horizon_s = 2000.0;
+        let rate = 20.0;
+        let mut rng = StdRng::seed_from_u64(17);
+        let poisson = Arrival::Poisson { rate_per_s: rate }.times(horizon_s, &mut rng);
+        let (poisson_mean, poisson_cv) = gap_mean_and_cv(&poisson);
+        assert!((poisson_cv - 1.0).abs() < 0.03, "Poisson CV {poisson_cv}");
+        let mut cvs = Vec::new();
+        for (burstiness, want_cv) in [(1.0, 1.0), (0.25, 2.0), (4.0, 0.5)] {
+            let times = Arrival::Gamma {
+                rate_per_s: rate,
+                burstiness,
+            }
+            .times(horizon_s, &mut rng);
+            let (mean, cv) = gap_mean_and_cv(&times);
+            assert!(
+                (mean * rate - 1.0).abs() < 0.03,
+                "burstiness {burstiness}: mean gap {mean} s, want {} s",
+                1.0 / rate
+            );
+            assert!(
+                (mean - poisson_mean).abs() / poisson_mean < 0.04,
+                "burstiness {burstiness}: mean gap {mean} s vs Poisson's {poisson_mean} s"
+            );
+            assert!(
+                (cv - want_cv).abs() < 0.06 * want_cv,
+                "burstiness {burstiness}: CV {cv}, want {want_cv}"
+            );
+            cvs.push(cv);
+        }
+        assert!(
+            (cvs[0] - poisson_cv).abs() < 0.05,
+            "gamma(1) CV {} vs Poisson CV {poisson_cv}",
+            cvs[0]
+        );
+        assert!(cvs[1] > 1.8 * cvs[0], "burstier gaps vary more: {cvs:?}");
+        assert!(
+            cvs[2] < 0.6 * cvs[0],
+            "more regular gaps vary less: {cvs:?}"
+        );
+    }
+
     fn count_in(times: &[f64], lo: f64, hi: f64) -> usize {
         times.iter().filter(|t| **t >= lo && **t < hi).count()
     }

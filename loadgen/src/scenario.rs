@@ -140,6 +140,10 @@ pub struct RawIsolation {
     /// Default 0.1.
     #[serde(default)]
     pub limit_tolerance: Option<f64>,
+    /// Fewest values each phase needs for a ratio to be judged (smaller samples are reported,
+    /// not judged). Default: 5 ÷ (1 − percentile), i.e. 500 for p99, 50 for p90.
+    #[serde(default)]
+    pub min_samples: Option<u64>,
 }
 
 fn default_timeout() -> f64 {
@@ -1119,6 +1123,9 @@ fn validate_isolation(
             tpm_limit: t.tpm_limit,
         })
         .collect();
+    if raw.min_samples == Some(0) {
+        return Err(cx.err("isolation.min_samples", "must be at least 1"));
+    }
     Ok(reports::IsolationSpec {
         baseline,
         test,
@@ -1127,6 +1134,7 @@ fn validate_isolation(
         percentile,
         max_ratio,
         limit_tolerance,
+        min_samples: raw.min_samples,
     })
 }
 

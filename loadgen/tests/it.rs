@@ -9,3 +9,12 @@ mod replay_cases;
 
 #[path = "it/engine.rs"]
 mod engine;
+
+#[path = "it/channels.rs"]
+mod channels;
+
+#[path = "it/outcomes.rs"]
+mod outcomes;
+
+#[path = "it/scenario_cases.rs"]
+mod scenario_cases;

@@ -330,7 +330,7 @@ pub fn calibrate(rows: &[CalibrationRow]) -> Vec<CalibrationResult> {
                 Some(p) => (Err(p.clone()), None),
                 None => match replay(r) {
                     Ok((m, s)) => (Ok(m), Some(s)),
-                    Err(e) => (Err(e.to_string()), None),
+                    Err(e) => (Err(describe_replay_error(&e)), None),
                 },
             };
             CalibrationResult {
@@ -341,6 +341,16 @@ pub fn calibrate(rows: &[CalibrationRow]) -> Vec<CalibrationResult> {
             }
         })
         .collect()
+}
+
+/// Why a row could not be replayed, worded for the reader of the file: a catalogue look-up
+/// that failed names the column it came from (`gpu`, `model` and `precision` are both column
+/// names and catalogue kinds); engine settings already name theirs.
+fn describe_replay_error(e: &SimError) -> String {
+    match e {
+        SimError::UnknownCatalogEntry { kind, .. } => format!("column `{kind}`: {e}"),
+        _ => e.to_string(),
+    }
 }
 
 /// Median of |relative error| per metric over the results that have both values.
@@ -998,6 +1008,6 @@ mod tests {
             "{:?}",
             res[2].predicted
         );
-        assert!(render_table(&res).contains("not run: unknown gpu `tpu-v9`"));
+        assert!(render_table(&res).contains("not run: column `gpu`: unknown gpu `tpu-v9`"));
     }
 }

@@ -1,12 +1,12 @@
 //! The step-cost model: how long one engine step takes on a GPU.
 //!
-//! A roofline (REFERENCES.md, "Roofline"): a step reads every weight once plus the KV cache of
-//! the batch (memory term), and does `2 × params` FLOPs per token plus attention (compute term);
-//! it takes as long as the slower of the two, at a tuned fraction of the spec-sheet peak, plus a
-//! fixed per-step cost and a cost per sequence and layer. The latter is the "batch slope" the
-//! published runs show: decode steps grow by ~100-250 µs per added sequence, far more than the
-//! KV bytes explain, and in proportion to the layer count (8B vs 32B on the same H100) — the
-//! per-sequence attention and metadata work of each layer.
+//! A roofline (`mocks/README.md`, "Step-time model"): a step reads every weight once plus the
+//! KV cache of the batch (memory term), and does `2 × params` FLOPs per token plus attention
+//! (compute term); it takes as long as the slower of the two, at a tuned fraction of the
+//! spec-sheet peak, plus a fixed per-step cost and a cost per sequence and layer. The latter is
+//! the "batch slope" the published runs show: decode steps grow by ~100-250 µs per added
+//! sequence, far more than the KV bytes explain, and in proportion to the layer count (8B vs 32B
+//! on the same H100) — the per-sequence attention and metadata work of each layer.
 //! Decode-only steps are memory-bound and grow slowly with the batch; a step that carries a
 //! prefill chunk turns compute-bound, which is how chunked prefill slows the decodes sharing it.
 //!

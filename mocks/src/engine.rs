@@ -6,7 +6,8 @@
 //! the virtual-time replay of [`crate::calibration`].
 //!
 //! What one step does, after vLLM V1 (`vllm/v1/core/sched/scheduler.py`,
-//! `docs/configuration/optimization.md`; see REFERENCES.md):
+//! `docs/configuration/optimization.md`; explained in `mocks/README.md`, "Scheduler",
+//! "Preemption by recompute" and "Prefix caching"):
 //! 1. Running sequences that are decoding get one token each, first (decode-first).
 //! 2. Running sequences in the middle of a chunked prefill get what is left of the
 //!    `max_num_batched_tokens` budget, in order.

@@ -6,8 +6,9 @@
 //! `max_num_batched_tokens` tokens (plus the sampler's logits for `max_num_seqs` sequences), and
 //! the memory outside PyTorch's allocator (CUDA context, library workspaces, CUDA graphs). What
 //! is left becomes 16-token blocks of `2 × layers × kv_heads × head_dim × dtype bytes` per token
-//! (REFERENCES.md, "KV cache"). vLLM refuses to start when nothing is left, or when the cache
-//! cannot hold one request of `max_model_len` tokens; so does [`plan_memory`], with the numbers.
+//! (`mocks/README.md`, "Paged KV cache and the memory plan"). vLLM refuses to start when nothing
+//! is left, or when the cache cannot hold one request of `max_model_len` tokens; so does
+//! [`plan_memory`], with the numbers.
 //!
 //! Checked against vLLM's logs: Qwen3-8B bf16 on an RTX 5090 at 0.9 → 84,368 tokens; Qwen2-7B
 //! bf16 on an A100-80GB at 0.5 → 464,848 tokens (tests in `tests/it/memory.rs`).

@@ -12,7 +12,7 @@ use crate::distribution::LatencyStats;
 use crate::plot::Plot;
 use crate::record::Outcome;
 use crate::summary::Summary;
-use crate::table::{breakeven_sentence, gbp, ms, number, rate};
+use crate::table::{breakeven_sentence, gbp, limit, ms, number, rate};
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -69,6 +69,7 @@ pub fn render_html(summary: &Summary, plots: &[Plot]) -> String {
     header(&mut h, summary);
     headline(&mut h, summary);
     gates(&mut h, summary);
+    isolation(&mut h, summary);
     tenants(&mut h, summary);
     outcomes(&mut h, summary);
     cost(&mut h, summary);
@@ -231,6 +232,85 @@ fn gates(h: &mut String, s: &Summary) {
                 "<span class=\"failv\">FAIL</span>"
             },
             escape(&details)
+        );
+    }
+    h.push_str("</table></div></section>\n");
+}
+
+fn isolation(h: &mut String, s: &Summary) {
+    let Some(i) = &s.isolation else {
+        return;
+    };
+    let badge = |ok: bool, yes: &str, no: &str| {
+        if ok {
+            format!("<span class=\"pass\">{yes}</span>")
+        } else {
+            format!("<span class=\"failv\">{no}</span>")
+        }
+    };
+    let _ = writeln!(
+        h,
+        "<section id=\"isolation\"><h2>Isolation</h2>\n<p>{}: each victim's <code>{}</code> in \
+         phase <em>{}</em> against phase <em>{}</em> must stay within {}×, and the router must \
+         hold each aggressor to its limits. A ratio counts only when both phases have at least \
+         {} values; smaller samples are shown but not judged (a p99 of a few dozen requests is \
+         one slow request). Victims {}, aggressor limits {}.</p>",
+        badge(i.passed, "PASS", "FAIL"),
+        escape(&i.metric),
+        escape(&i.test.name),
+        escape(&i.baseline.name),
+        number(i.max_ratio),
+        i.min_samples,
+        badge(
+            i.victims_passed,
+            "within the ratio",
+            "slowed past the ratio"
+        ),
+        badge(i.limits_held, "held", "broken"),
+    );
+    h.push_str(
+        "<div class=\"scroll\"><table><tr><th class=\"l\">victim</th><th>baseline ms</th>\
+         <th>test ms</th><th>ratio</th><th>samples</th><th class=\"l\">verdict</th></tr>\n",
+    );
+    for v in i.pooled.iter().chain(&i.victims) {
+        let verdict = if v.judged {
+            badge(v.passed, "PASS", "FAIL")
+        } else {
+            "not judged".to_owned()
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td>\
+             <td class=\"l\">{verdict}</td></tr>",
+            escape(&v.tenant),
+            v.baseline_ms.map_or_else(|| "-".to_owned(), number),
+            v.test_ms.map_or_else(|| "-".to_owned(), number),
+            v.ratio
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+            v.baseline_samples,
+            v.test_samples,
+        );
+    }
+    h.push_str(
+        "</table></div>\n<div class=\"scroll\"><table><tr><th class=\"l\">aggressor</th>\
+         <th>offered /s</th><th>accepted /s</th><th>refused</th><th>busiest minute (requests)</th>\
+         <th>rpm_limit</th><th>busiest minute (tokens)</th><th>tpm_limit</th>\
+         <th class=\"l\">limits</th></tr>\n",
+    );
+    for a in &i.aggressors {
+        let _ = writeln!(
+            h,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+            escape(&a.tenant),
+            number(a.offered_per_s),
+            number(a.accepted_per_s),
+            a.refused,
+            a.max_accepted_requests_per_min,
+            limit(a.rpm_limit),
+            a.max_accepted_tokens_per_min,
+            limit(a.tpm_limit),
+            badge(a.limits_held, "held", "broken"),
         );
     }
     h.push_str("</table></div></section>\n");

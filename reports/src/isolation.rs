@@ -7,6 +7,15 @@
 //! stack *accepted* (successful requests) in the busiest 60-second window of the test phase and
 //! compares them with the aggressor's configured RPM and TPM limits. Phases are selected by each
 //! request's intended start, so a slow response cannot move a request into another phase.
+//!
+//! A high percentile of a few dozen samples is mostly noise: with 40 requests a phase, "p99" is
+//! the slowest request, and runs with no aggressor at all showed single victims' p99 doubling
+//! between two identical phases. So a ratio is only *judged* when both phases hold at least
+//! `min_samples` values (by default enough that 5 values lie beyond the percentile: 10 for p50,
+//! 50 for p90, 500 for p99). Every victim's ratio is reported; victims with fewer samples are
+//! marked as not judged. All victims together (their samples pooled per phase) are judged the
+//! same way, and the verdict needs the pooled ratio and every judged victim within the
+//! threshold. A check that could judge nothing does not pass.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,9 +53,23 @@ pub struct IsolationSpec {
     /// Accepted traffic may exceed a limit by this fraction before the limit counts as broken
     /// (limiters count in windows that need not line up with ours).
     pub limit_tolerance: f64,
+    /// Fewest values a phase needs for its percentile to be judged; `None`: 5 ÷ (1 − q).
+    #[serde(default)]
+    pub min_samples: Option<u64>,
 }
 
-/// One victim's figures.
+impl IsolationSpec {
+    /// The sample count below which a ratio is reported but not judged.
+    pub fn min_samples(&self) -> u64 {
+        // 5 values beyond the percentile: 5 ÷ (1 − q), in whole percent to stay exact.
+        self.min_samples.unwrap_or_else(|| {
+            let tail_percent = u64::from(100 - self.percentile.min(99));
+            500_u64.div_ceil(tail_percent)
+        })
+    }
+}
+
+/// One victim's figures (or all victims pooled).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VictimResult {
     pub tenant: String,
@@ -54,7 +77,20 @@ pub struct VictimResult {
     pub test_ms: Option<f64>,
     /// test ÷ baseline; `null` without data in both phases.
     pub ratio: Option<f64>,
+    /// Values behind each phase's percentile.
+    #[serde(default)]
+    pub baseline_samples: u64,
+    #[serde(default)]
+    pub test_samples: u64,
+    /// Whether both phases had enough samples for the ratio to count in the verdict.
+    #[serde(default = "judged_default")]
+    pub judged: bool,
+    /// Within the ratio (always true when not judged).
     pub passed: bool,
+}
+
+fn judged_default() -> bool {
+    true
 }
 
 /// One aggressor's figures in the test phase.
@@ -86,10 +122,16 @@ pub struct IsolationReport {
     pub metric: String,
     pub max_ratio: f64,
     pub victims: Vec<VictimResult>,
+    /// All victims' samples pooled per phase (tenant `(all victims)`).
+    #[serde(default)]
+    pub pooled: Option<VictimResult>,
+    /// Fewest samples a phase needed for its ratio to be judged.
+    #[serde(default)]
+    pub min_samples: u64,
     pub aggressors: Vec<AggressorResult>,
-    /// The worst victim ratio.
+    /// The worst ratio among judged victims (and the pool).
     pub worst_ratio: Option<f64>,
-    /// Every victim within the ratio.
+    /// The pooled ratio and every judged victim within the threshold, and at least one judged.
     pub victims_passed: bool,
     /// Every aggressor's accepted traffic within its limits.
     pub limits_held: bool,
@@ -111,17 +153,43 @@ fn metric_values<'a>(r: &'a RequestRecord, metric: &str) -> Box<dyn Iterator<Ite
     }
 }
 
-fn percentile(records: &[&RequestRecord], p: &Phase, metric: &str, q: u8) -> Option<f64> {
+/// The phase's percentile and how many values it was taken from.
+fn percentile(records: &[&RequestRecord], p: &Phase, metric: &str, q: u8) -> (Option<f64>, u64) {
     let mut d = Distribution::new();
+    let mut n = 0u64;
     for r in records
         .iter()
         .filter(|r| r.outcome == Outcome::Ok && in_phase(r, p))
     {
         for v in metric_values(r, metric) {
             d.record_ms(v);
+            n += 1;
         }
     }
-    d.quantile_ms(f64::from(q) / 100.0)
+    (d.quantile_ms(f64::from(q) / 100.0), n)
+}
+
+/// Compares one set of records' percentile across the two phases.
+fn compare(spec: &IsolationSpec, name: &str, rs: &[&RequestRecord]) -> VictimResult {
+    let (baseline_ms, baseline_samples) =
+        percentile(rs, &spec.baseline, &spec.metric, spec.percentile);
+    let (test_ms, test_samples) = percentile(rs, &spec.test, &spec.metric, spec.percentile);
+    let ratio = match (baseline_ms, test_ms) {
+        (Some(b), Some(x)) if b > 0.0 => Some(round_to(x / b, 4)),
+        _ => None,
+    };
+    let min = spec.min_samples();
+    let judged = ratio.is_some() && baseline_samples >= min && test_samples >= min;
+    VictimResult {
+        tenant: name.to_string(),
+        baseline_ms,
+        test_ms,
+        ratio,
+        baseline_samples,
+        test_samples,
+        judged,
+        passed: !judged || ratio.is_some_and(|r| r <= spec.max_ratio),
+    }
 }
 
 /// Most of `weight` in any window of `window_ms` over sorted `(time_ms, weight)` points.
@@ -149,23 +217,18 @@ pub fn evaluate(
     let by_tenant =
         |id: &str| -> Vec<&RequestRecord> { records.iter().filter(|r| r.tenant == id).collect() };
     let is_aggressor = |id: &str| spec.aggressors.iter().any(|a| a.tenant == id);
-    let mut victims = Vec::new();
-    for t in tenants.iter().filter(|t| !is_aggressor(t)) {
-        let rs = by_tenant(t);
-        let baseline_ms = percentile(&rs, &spec.baseline, &spec.metric, spec.percentile);
-        let test_ms = percentile(&rs, &spec.test, &spec.metric, spec.percentile);
-        let ratio = match (baseline_ms, test_ms) {
-            (Some(b), Some(x)) if b > 0.0 => Some(round_to(x / b, 4)),
-            _ => None,
-        };
-        victims.push(VictimResult {
-            tenant: t.clone(),
-            baseline_ms,
-            test_ms,
-            ratio,
-            passed: ratio.is_some_and(|r| r <= spec.max_ratio),
-        });
-    }
+    let victim_ids: Vec<&String> = tenants.iter().filter(|t| !is_aggressor(t)).collect();
+    let victims: Vec<VictimResult> = victim_ids
+        .iter()
+        .map(|t| compare(spec, t, &by_tenant(t)))
+        .collect();
+    let pooled = (!victim_ids.is_empty()).then(|| {
+        let all: Vec<&RequestRecord> = records
+            .iter()
+            .filter(|r| victim_ids.iter().any(|t| **t == r.tenant))
+            .collect();
+        compare(spec, "(all victims)", &all)
+    });
     let span_s = (spec.test.end_s - spec.test.start_s).max(f64::MIN_POSITIVE);
     let window_ms = 60_000.0_f64.min(span_s * 1000.0);
     // An aggressor the run holds no tenant for (it ran in another shard) has no traffic here to
@@ -208,13 +271,18 @@ pub fn evaluate(
             }
         })
         .collect();
-    let worst_ratio = victims
+    let judged: Vec<&VictimResult> = victims
+        .iter()
+        .chain(pooled.iter())
+        .filter(|v| v.judged)
+        .collect();
+    let worst_ratio = judged
         .iter()
         .filter_map(|v| v.ratio)
         .fold(None, |acc: Option<f64>, r| {
             Some(acc.map_or(r, |a| a.max(r)))
         });
-    let victims_passed = !victims.is_empty() && victims.iter().all(|v| v.passed);
+    let victims_passed = !judged.is_empty() && judged.iter().all(|v| v.passed);
     let limits_held = aggressors.iter().all(|a| a.limits_held);
     IsolationReport {
         baseline: spec.baseline.clone(),
@@ -222,6 +290,8 @@ pub fn evaluate(
         metric: format!("{}.p{}", spec.metric, spec.percentile),
         max_ratio: spec.max_ratio,
         victims,
+        pooled,
+        min_samples: spec.min_samples(),
         aggressors,
         worst_ratio,
         victims_passed,
@@ -256,6 +326,7 @@ mod tests {
             percentile: 99,
             max_ratio: 1.5,
             limit_tolerance: 0.0,
+            min_samples: Some(1),
         }
     }
 
@@ -296,6 +367,51 @@ mod tests {
         assert!(a.limits_held);
         assert!((a.offered_per_s - 5.0).abs() < 1e-9);
         assert!(!rep.passed);
+    }
+
+    #[test]
+    fn few_samples_are_reported_but_not_judged_and_the_pool_decides() {
+        // 10 requests a phase per victim: far too few for a p99 (500 by default).
+        let mut s = spec();
+        s.min_samples = None;
+        assert_eq!(s.min_samples(), 500);
+        let mut records = Vec::new();
+        for v in 0..60 {
+            let victim = format!("v{v}");
+            for i in 0..10 {
+                let t = f64::from(i) * 900.0;
+                // One victim's single slow request doubles its own "p99"; the pool barely moves.
+                let slow = v == 0 && i == 3;
+                records.push(ok_record(&victim, t, 100.0, 500.0));
+                records.push(ok_record(
+                    &victim,
+                    10_000.0 + t,
+                    if slow { 250.0 } else { 105.0 },
+                    500.0,
+                ));
+            }
+        }
+        let tenants: Vec<String> = (0..60).map(|v| format!("v{v}")).collect();
+        let rep = evaluate(&s, &tenants, &records);
+        let v0 = &rep.victims[0];
+        assert!(v0.ratio.is_some_and(|r| r > 2.0), "{v0:?}");
+        assert!(!v0.judged && v0.passed, "{v0:?}");
+        let pool = rep.pooled.clone().unwrap_or_else(|| panic!("no pool"));
+        assert_eq!((pool.baseline_samples, pool.test_samples), (600, 600));
+        assert!(pool.judged && pool.passed, "{pool:?}");
+        assert!(rep.victims_passed, "{rep:?}");
+        // The pool itself slowed: the verdict fails.
+        for r in records
+            .iter_mut()
+            .filter(|r| r.intended_start_ms >= 10_000.0)
+        {
+            r.ttft_ms = r.ttft_ms.map(|t| t * 2.0);
+        }
+        let rep = evaluate(&s, &tenants, &records);
+        assert!(!rep.victims_passed, "{:?}", rep.pooled);
+        // Nothing judgeable at all (one victim, 10 samples): the check does not pass.
+        let rep = evaluate(&s, &tenants[..1], &records);
+        assert!(!rep.victims_passed && !rep.passed, "{rep:?}");
     }
 
     #[test]

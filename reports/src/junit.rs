@@ -79,7 +79,7 @@ pub fn render_junit(summary: &Summary) -> String {
     }
     let mut iso = Vec::new();
     if let Some(i) = &summary.isolation {
-        for v in &i.victims {
+        for v in i.victims.iter().chain(i.pooled.iter()) {
             iso.push(Case {
                 name: format!("victim {} {} ratio <= {}", v.tenant, i.metric, i.max_ratio),
                 failure: (!v.passed).then(|| {

@@ -85,8 +85,68 @@ pub fn render_table(summary: &Summary) -> String {
             let _ = writeln!(out, "  {}", g.describe());
         }
     }
+    if let Some(i) = &summary.isolation {
+        out.push_str(&isolation_lines(i));
+    }
     for n in &summary.notes {
         let _ = writeln!(out, "note: {n}");
+    }
+    out
+}
+
+/// A configured limit, or `none`.
+pub(crate) fn limit(l: Option<u64>) -> String {
+    l.map_or_else(|| "none".to_owned(), |l| l.to_string())
+}
+
+/// The isolation verdict: the pooled victims, each victim, each aggressor.
+pub(crate) fn isolation_lines(i: &crate::IsolationReport) -> String {
+    let mut out = String::new();
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    let _ = writeln!(
+        out,
+        "isolation ({} → {}, {} ratio <= {}): {}; victims {}, aggressor limits {}",
+        i.baseline.name,
+        i.test.name,
+        i.metric,
+        number(i.max_ratio),
+        verdict(i.passed),
+        verdict(i.victims_passed),
+        if i.limits_held { "held" } else { "BROKEN" }
+    );
+    for v in i.pooled.iter().chain(&i.victims) {
+        let judged = if v.judged {
+            verdict(v.passed).to_owned()
+        } else {
+            format!("not judged (fewer than {} samples)", i.min_samples)
+        };
+        let _ = writeln!(
+            out,
+            "  victim {}: {} → {} ms, ratio {} ({} / {} samples): {judged}",
+            v.tenant,
+            ms(v.baseline_ms),
+            ms(v.test_ms),
+            v.ratio
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+            v.baseline_samples,
+            v.test_samples,
+        );
+    }
+    for a in &i.aggressors {
+        let _ = writeln!(
+            out,
+            "  aggressor {}: offered {}/s, accepted {}/s, refused {}; busiest minute {} requests \
+             (rpm_limit {}), {} tokens (tpm_limit {}): {}",
+            a.tenant,
+            number(a.offered_per_s),
+            number(a.accepted_per_s),
+            a.refused,
+            a.max_accepted_requests_per_min,
+            limit(a.rpm_limit),
+            a.max_accepted_tokens_per_min,
+            limit(a.tpm_limit),
+            if a.limits_held { "held" } else { "BROKEN" }
+        );
     }
     out
 }

@@ -4,3 +4,5 @@
 mod common;
 #[path = "it/results_dir.rs"]
 mod results_dir;
+#[path = "it/slo_goodput.rs"]
+mod slo_goodput;

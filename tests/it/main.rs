@@ -4,6 +4,7 @@
 mod common;
 
 mod agreement;
+mod calibrate;
 mod ci;
 mod cli;
 mod servers;

@@ -22,6 +22,9 @@ pub struct Piece {
 pub struct Script {
     pub status: u16,
     pub pieces: Vec<Piece>,
+    /// After the last piece, close the TCP connection without the terminating zero-length
+    /// chunk: the HTTP body is cut, as when a server or proxy dies mid-stream.
+    pub cut: bool,
 }
 
 impl Script {
@@ -29,6 +32,15 @@ impl Script {
         Self {
             status: 200,
             pieces,
+            cut: false,
+        }
+    }
+
+    /// A 200 stream whose connection drops after the last piece.
+    pub fn cut_after(pieces: Vec<Piece>) -> Self {
+        Self {
+            cut: true,
+            ..Self::sse(pieces)
         }
     }
 }
@@ -46,6 +58,31 @@ pub fn content(text: &str) -> String {
         "data: {}\n\n",
         serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "m",
             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+    )
+}
+
+/// A `data:` event whose delta carries `text` in the field `channel` (`reasoning_content`,
+/// `reasoning`, `content`).
+pub fn delta(channel: &str, text: &str) -> String {
+    format!(
+        "data: {}\n\n",
+        serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": {channel: text}, "finish_reason": null}]})
+    )
+}
+
+/// A `data:` event carrying one tool-call delta: the call's `name` (first fragment, as vLLM
+/// sends it with empty arguments) and an `arguments` fragment.
+pub fn tool_call(name: Option<&str>, arguments: &str) -> String {
+    let mut function = serde_json::json!({ "arguments": arguments });
+    if let Some(n) = name {
+        function["name"] = serde_json::json!(n);
+    }
+    format!(
+        "data: {}\n\n",
+        serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_0",
+            "type": "function", "function": function}]}, "finish_reason": null}]})
     )
 }
 
@@ -143,6 +180,10 @@ async fn respond(mut sock: TcpStream, script: Script) {
             return;
         }
     }
+    if script.cut {
+        // Dropping the socket closes it with the body unfinished: no terminating chunk.
+        return;
+    }
     // The terminating chunk: a clean end of the HTTP body, whatever the SSE said.
     let _ = sock.write_all(b"0\r\n\r\n").await;
     let _ = sock.shutdown().await;
@@ -187,7 +228,17 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 pub async fn replay(
     script: Script,
 ) -> (reports::RequestRecord, loadgen::client::StreamObservation) {
+    replay_with(script, |_| {}).await
+}
+
+/// As [`replay`], with the request spec changed by `adjust` first (e.g. a shorter timeout).
+pub async fn replay_with(
+    script: Script,
+    adjust: impl FnOnce(&mut loadgen::client::RequestSpec),
+) -> (reports::RequestRecord, loadgen::client::StreamObservation) {
     let _guard = exclusive().await;
     let addr = serve(vec![script], 1).await;
-    loadgen::client::execute_observed(&client(), spec(addr)).await
+    let mut spec = spec(addr);
+    adjust(&mut spec);
+    loadgen::client::execute_observed(&client(), spec).await
 }

@@ -193,6 +193,7 @@ async fn budget_and_rate_limit_refusals_are_classified_by_type() {
         let script = Script {
             status,
             pieces: vec![piece(1, body)],
+            cut: false,
         };
         let (rec, _) = replay(script).await;
         assert_eq!((rec.outcome, rec.status), (want, status), "{body}");

@@ -17,7 +17,7 @@ fn within(actual: u64, expected: u64, frac: f64) -> bool {
 }
 
 /// vLLM logs "GPU KV cache size: 84,368 tokens" for Qwen3-8B bf16 on an RTX 5090 at 0.9
-/// (REFERENCES.md, "KV cache").
+/// (the checked cases in `mocks/README.md`, "Paged KV cache and the memory plan").
 #[test]
 fn qwen3_8b_on_rtx_5090_matches_vllms_logged_kv_size() {
     let plan = plan_memory(&cfg("rtx-5090", "qwen3-8b", "bf16", 0.9));
@@ -40,7 +40,8 @@ fn qwen3_8b_on_rtx_5090_matches_vllms_logged_kv_size() {
     assert!((plan.max_concurrency - conc).abs() < 1e-9);
 }
 
-/// vLLM logs 464,848 tokens for Qwen2-7B bf16 on an A100-80GB at 0.5 (REFERENCES.md).
+/// vLLM logs 464,848 tokens for Qwen2-7B bf16 on an A100-80GB at 0.5 (`mocks/README.md`,
+/// "Paged KV cache and the memory plan").
 #[test]
 fn qwen2_7b_on_a100_at_half_matches_vllms_logged_kv_size() {
     let plan = plan_memory(&cfg("a100-80gb", "qwen2-7b-instruct", "bf16", 0.5));

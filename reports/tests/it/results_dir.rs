@@ -377,3 +377,52 @@ fn same_seed_same_files_other_seed_other_numbers() {
         read(&c.path.join("summary.json"))
     );
 }
+
+#[test]
+fn isolation_verdicts_reach_the_schema_the_table_and_the_report() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let path = dir.path().join("results");
+    let mut run = synthetic_run(7);
+    let end_s = run.warmup_s + run.duration_s;
+    let half = end_s / 2.0;
+    run.isolation = Some(reports::IsolationSpec {
+        baseline: reports::isolation::Phase {
+            name: "baseline".into(),
+            start_s: 0.0,
+            end_s: half,
+        },
+        test: reports::isolation::Phase {
+            name: "flood".into(),
+            start_s: half,
+            end_s,
+        },
+        aggressors: vec![reports::isolation::Aggressor {
+            tenant: "tenant-20".into(),
+            rpm_limit: Some(1_000),
+            tpm_limit: None,
+        }],
+        metric: "ttft_ms".into(),
+        percentile: 90,
+        max_ratio: 1.5,
+        limit_tolerance: 0.1,
+        min_samples: None,
+    });
+    let summary = summarize(&run);
+    write_results(&path, &run, &summary).unwrap_or_else(|e| panic!("write_results: {e}"));
+    let json: Value = serde_json::from_str(&read(&path.join("summary.json")))
+        .unwrap_or_else(|e| panic!("summary.json: {e}"));
+    if let Err(e) = validate(&json) {
+        panic!("summary.json with isolation does not match the schema: {e}");
+    }
+    let iso = &json["isolation"];
+    assert_eq!(iso["min_samples"], 50, "5 ÷ (1 − 0.9)");
+    assert_eq!(iso["victims"].as_array().map(Vec::len), Some(TENANTS - 1));
+    assert_eq!(iso["pooled"]["tenant"], "(all victims)");
+    assert_eq!(iso["pooled"]["judged"], true, "{}", iso["pooled"]);
+    let table = render_table(&summary);
+    assert!(table.contains("isolation (baseline → flood"), "{table}");
+    assert!(table.contains("aggressor tenant-20"), "{table}");
+    let html = read(&path.join("report.html"));
+    assert!(html.contains("id=\"isolation\""));
+    assert!(html.contains("(all victims)"));
+}
