@@ -157,3 +157,98 @@ async fn router_and_engine_agree_on_the_context_window() {
     sim_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sim.stopped()).await;
 }
+
+/// Issue 3 case 4 against the real simulator: a client reads 5 chunks of a 500-token stream
+/// and hangs up. The router cancels the upstream request (the simulator counts an abort and
+/// stops generating), and still bills the tokens it delivered, as `client_aborted`.
+#[tokio::test]
+async fn a_client_leaving_after_five_chunks_is_billed_and_the_simulator_sees_the_cancel() {
+    let sim_token = CancellationToken::new();
+    let sim = simulator(&sim_token).await;
+    let mut s = Stack::with(Opts {
+        fast_base: Some(sim.base_url()),
+        fast_prices: (0.001, 0.002),
+        ..Opts::default()
+    })
+    .await;
+    let mut body = chat_body("chat-fast", true);
+    body["max_tokens"] = json!(500);
+    let r = s
+        .client
+        .post(s.url("/chat/completions"))
+        .bearer_auth(T1)
+        .header("x-request-id", "leaves-early")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut parser = wire::sse::SseParser::new();
+    let mut content_chunks = 0;
+    while content_chunks < 5 {
+        let Some(Ok(bytes)) = stream.next().await else {
+            panic!("the stream ended before 5 chunks")
+        };
+        for ev in parser.push(&bytes) {
+            let c: wire::openai::StreamChunk = serde_json::from_str(&ev.data).unwrap_or_default();
+            if !c.generated_text().is_empty() {
+                content_chunks += 1;
+            }
+        }
+    }
+    drop(stream);
+
+    let aborted = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("vllm:request_success_total") && l.contains("\"abort\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let metrics_url = format!("http://{}/metrics", sim.addr());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = 0.0;
+    while Instant::now() < deadline {
+        let text = s
+            .client
+            .get(&metrics_url)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        seen = aborted(&text);
+        if seen >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen, 1.0,
+        "the simulator counts the cancelled request as aborted"
+    );
+    let tl = sim
+        .timelines()
+        .into_iter()
+        .find(|t| t.request_id == "leaves-early")
+        .expect("the simulator saw our x-request-id");
+    assert!(!tl.finished, "generation stopped before 500 tokens");
+    assert!(
+        tl.token_times.len() < 500,
+        "{} tokens generated",
+        tl.token_times.len()
+    );
+
+    let lines = s.stop().await;
+    let l = &lines[0];
+    assert_eq!(l["outcome"], "client_aborted", "{l}");
+    let completion = l["completion_tokens"].as_u64().unwrap_or(0);
+    assert!(
+        (5..500).contains(&completion),
+        "billed for what was delivered: {l}"
+    );
+    assert!(l["cost"].as_f64().unwrap_or(0.0) > 0.0, "{l}");
+    sim_token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sim.stopped()).await;
+}
