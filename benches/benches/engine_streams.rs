@@ -7,6 +7,11 @@
 //! the logical end of the engine step that produced it; the engine is keeping up when the mean
 //! stays under 1 ms.
 //!
+//! It runs twice: first with in-process streams (`SimHandle::submit_in_process`), which
+//! measures the engine loop and its token hand-off alone, then over HTTP, which adds axum,
+//! SSE serialisation and loopback TCP for both the server and the client sharing this
+//! machine's two cores.
+//!
 //! `cargo bench -p tb-benches --bench engine_streams` (env `STREAMS`, `MAX_TOKENS` to vary).
 
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
@@ -52,6 +57,15 @@ async fn stream_one(addr: std::net::SocketAddr, body: &str) -> std::io::Result<b
     Ok(tail.windows(6).any(|w| w == b"[DONE]"))
 }
 
+/// How a stream reaches the engine.
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    /// Streaming `/v1/completions` over loopback TCP: the engine plus HTTP, SSE and the kernel.
+    Http,
+    /// [`mocks::SimHandle::submit_in_process`]: the engine loop and its token hand-off alone.
+    InProcess,
+}
+
 fn main() {
     let streams = env_or("STREAMS", 2000);
     let max_tokens = env_or("MAX_TOKENS", 128);
@@ -65,72 +79,111 @@ fn main() {
             return;
         }
     };
-    rt.block_on(async move {
-        // An H200 (141 GB) holds the KV of 2,000 short streams of a 7B model many times over;
-        // max_num_seqs lets all of them decode in every step.
-        let cfg = EngineConfig {
-            gpu: "h200".into(),
-            model: "mistral-7b-instruct".into(),
-            max_num_seqs: Some(2048),
-            max_num_batched_tokens: Some(8192),
-            max_model_len: Some(4096),
-            ..Default::default()
-        };
-        let stop = CancellationToken::new();
-        let sim = match mocks::spawn(cfg, stop.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("simulator: {e}");
-                return;
-            }
-        };
-        let addr = sim.addr();
-        let body = format!(
-            r#"{{"model":"mistral-7b-instruct","prompt":"Tell me about the weather today.","max_tokens":{max_tokens},"stream":true}}"#
-        );
-        let started = Instant::now();
-        let mut tasks = Vec::with_capacity(streams);
-        for _ in 0..streams {
-            let body = body.clone();
-            tasks.push(tokio::spawn(async move { stream_one(addr, &body).await }));
-        }
-        let mut ok = 0usize;
-        for t in tasks {
-            if let Ok(Ok(true)) = t.await {
-                ok += 1;
-            }
-        }
-        let wall = started.elapsed();
-        let timelines = sim.timelines();
-        stop.cancel();
-        let _ = sim.stopped().await;
+    for transport in [Transport::InProcess, Transport::Http] {
+        rt.block_on(measure(transport, streams, max_tokens));
+    }
+}
 
-        let mut late: Vec<Duration> = timelines.iter().flat_map(|t| t.lateness()).collect();
-        late.sort();
-        let tokens = late.len();
-        let first = timelines.iter().map(|t| t.arrival).min();
-        let last = timelines
-            .iter()
-            .filter_map(|t| t.token_times.last().copied())
-            .max();
-        let span = match (first, last) {
-            (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
-            _ => 0.0,
-        };
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
-        let mean = late.iter().map(|d| us(*d)).sum::<f64>() / tokens.max(1) as f64;
-        let pct = |p: f64| {
-            late.get(((tokens as f64 - 1.0) * p).round().max(0.0) as usize)
-                .map_or(0.0, |d| us(*d))
-        };
-        println!("engine_streams: {streams} streams x {max_tokens} tokens, {ok} ended with [DONE]");
-        println!("  wall {:.2} s, {tokens} tokens, {:.0} tokens/s", wall.as_secs_f64(), tokens as f64 / span.max(1e-9));
-        println!(
-            "  emission lateness: mean {mean:.0} us, p50 {:.0} us, p99 {:.0} us, max {:.0} us",
-            pct(0.5),
-            pct(0.99),
-            pct(1.0)
-        );
-        println!("  verdict: {}", if mean < 1000.0 && ok == streams { "keeps up (mean < 1 ms)" } else { "FALLS BEHIND" });
-    });
+async fn measure(transport: Transport, streams: usize, max_tokens: usize) {
+    // An H200 (141 GB) holds the KV of 2,000 short streams of a 7B model many times over;
+    // max_num_seqs lets all of them decode in every step.
+    let cfg = EngineConfig {
+        gpu: "h200".into(),
+        model: "mistral-7b-instruct".into(),
+        max_num_seqs: Some(2048),
+        max_num_batched_tokens: Some(8192),
+        max_model_len: Some(4096),
+        ..Default::default()
+    };
+    let stop = CancellationToken::new();
+    let sim = match mocks::spawn(cfg, stop.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("simulator: {e}");
+            return;
+        }
+    };
+    let addr = sim.addr();
+    let body = format!(
+        r#"{{"model":"mistral-7b-instruct","prompt":"Tell me about the weather today.","max_tokens":{max_tokens},"stream":true}}"#
+    );
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(streams);
+    for i in 0..streams {
+        match transport {
+            Transport::Http => {
+                let body = body.clone();
+                tasks.push(tokio::spawn(async move { stream_one(addr, &body).await }));
+            }
+            Transport::InProcess => {
+                // The same prompt length the HTTP request's text tokenises to.
+                let Ok(mut s) = sim.submit_in_process(&format!("bench-{i}"), 8, max_tokens as u32)
+                else {
+                    eprintln!("the engine refused an in-process request");
+                    return;
+                };
+                tasks.push(tokio::spawn(async move {
+                    while let Some(last) = s.next().await {
+                        if last {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(false)
+                }));
+            }
+        }
+    }
+    let mut ok = 0usize;
+    for t in tasks {
+        if let Ok(Ok(true)) = t.await {
+            ok += 1;
+        }
+    }
+    let wall = started.elapsed();
+    let timelines = sim.timelines();
+    stop.cancel();
+    let _ = sim.stopped().await;
+
+    let mut late: Vec<Duration> = timelines.iter().flat_map(|t| t.lateness()).collect();
+    late.sort();
+    let tokens = late.len();
+    let first = timelines.iter().map(|t| t.arrival).min();
+    let last = timelines
+        .iter()
+        .filter_map(|t| t.token_times.last().copied())
+        .max();
+    let span = match (first, last) {
+        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+        _ => 0.0,
+    };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let mean = late.iter().map(|d| us(*d)).sum::<f64>() / tokens.max(1) as f64;
+    let pct = |p: f64| {
+        late.get(((tokens as f64 - 1.0) * p).round().max(0.0) as usize)
+            .map_or(0.0, |d| us(*d))
+    };
+    let name = match transport {
+        Transport::Http => "over HTTP (client in this process)",
+        Transport::InProcess => "engine loop alone (in-process streams)",
+    };
+    println!("engine_streams {name}: {streams} streams x {max_tokens} tokens, {ok} finished");
+    println!(
+        "  wall {:.2} s, {tokens} tokens, {:.0} tokens/s",
+        wall.as_secs_f64(),
+        tokens as f64 / span.max(1e-9)
+    );
+    println!(
+        "  emission lateness: mean {mean:.0} us, p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!(
+        "  verdict: {}",
+        if mean < 1000.0 && ok == streams {
+            "keeps up (mean < 1 ms)"
+        } else {
+            "FALLS BEHIND"
+        }
+    );
 }

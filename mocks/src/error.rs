@@ -25,6 +25,9 @@ pub enum SimError {
     /// The model and its KV cache do not fit the memory budget (vLLM refuses to start).
     #[error("{0}")]
     DoesNotFit(String),
+    /// The engine refused a request submitted in process (it can never fit, or is empty).
+    #[error("the engine refused the request: {0}")]
+    Refused(String),
     /// Binding or serving the HTTP listener failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -154,12 +154,66 @@ impl SimHandle {
         self.shared.timelines()
     }
 
+    /// Submits one base-model request in process, without HTTP: the engine schedules it exactly
+    /// as a `/v1/completions` request of the same lengths, and its timeline is recorded the same
+    /// way (a token counts as handed over when [`InProcessStream::next`] returns it). This
+    /// measures the engine loop apart from the HTTP transport.
+    pub fn submit_in_process(
+        &self,
+        request_id: &str,
+        prompt_tokens: u32,
+        max_tokens: u32,
+    ) -> Result<InProcessStream, SimError> {
+        let timeline = RequestTimeline {
+            request_id: request_id.to_owned(),
+            model: "in-process".to_owned(),
+            lora: None,
+            prompt_tokens,
+            arrival: tokio::time::Instant::now(),
+            token_times: Vec::new(),
+            scheduled_times: Vec::new(),
+            finished: false,
+        };
+        let seq = driver::SeqSpec {
+            choice: 0,
+            prompt_tokens,
+            max_tokens,
+            lora: None,
+            block_hashes: Vec::new(),
+        };
+        let sub = self
+            .shared
+            .submit(vec![seq], timeline)
+            .map_err(|e| SimError::Refused(e.to_string()))?;
+        Ok(InProcessStream {
+            shared: Arc::clone(&self.shared),
+            sub,
+        })
+    }
+
     /// Waits for the server to stop (after its shutdown token is cancelled).
     pub async fn stopped(self) -> Result<(), SimError> {
         match self.task.await {
             Ok(r) => r,
             Err(e) => Err(SimError::Io(std::io::Error::other(e.to_string()))),
         }
+    }
+}
+
+/// A request submitted with [`SimHandle::submit_in_process`]. Dropping it aborts the request,
+/// as a client hanging up does.
+pub struct InProcessStream {
+    shared: Arc<Shared>,
+    sub: driver::Submission,
+}
+
+impl InProcessStream {
+    /// Waits for the next token: `Some(true)` for the last one, `None` once there are no more.
+    pub async fn next(&mut self) -> Option<bool> {
+        let ev = self.sub.rx.recv().await?;
+        self.shared
+            .record_token(self.sub.timeline, ev.finished, ev.at);
+        Some(ev.finished)
     }
 }
 

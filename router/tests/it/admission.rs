@@ -348,14 +348,36 @@ async fn racing_requests_cannot_overspend_the_budget() {
 
 #[tokio::test]
 async fn budget_resets_when_its_period_ends() {
+    budget_resets_at_the_period_end(None).await;
+}
+
+#[tokio::test]
+async fn budget_resets_when_its_period_ends_on_redis() {
+    budget_resets_at_the_period_end(Some(services::redis_url())).await;
+}
+
+async fn budget_resets_at_the_period_end(shared: Option<(String, String)>) {
     // budget_duration 2s: periods start at multiples of 2 s since the epoch, so once refused
     // the tenant is served again within Retry-After.
+    let (general, settings) = match &shared {
+        Some((url, prefix)) => (
+            format!(", redis_url: \"{url}\""),
+            format!(", redis_prefix: \"{prefix}\""),
+        ),
+        None => (String::new(), String::new()),
+    };
     let s = Stack::with(Opts {
         fast_prices: (0.001, 0.002),
         tenants: limited("    max_budget: 0.05\n    budget_duration: 2s\n"),
+        general,
+        settings,
         ..Opts::default()
     })
     .await;
+    let (_, ready) = s.admin_get(MASTER, "/health/readiness").await;
+    if shared.is_some() {
+        assert_eq!(ready["limits"], "redis", "{ready}");
+    }
     mount_json(&s.fast, vllm_json("hi", (10, 5))).await;
     let mut body = chat_body("chat-fast", false);
     body["max_tokens"] = json!(1);

@@ -210,16 +210,31 @@ async fn postgres_ledger_keeps_rows_keys_and_budgets_across_restarts() {
 
 #[tokio::test]
 async fn sigkill_mid_load_loses_no_completed_spend_and_budgets_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("spend.sqlite");
+    let settings = format!("spend_db: \"{}\", ", db.display());
+    sigkill_mid_load(&dir, "", &settings, Database::Sqlite(db)).await;
+}
+
+#[tokio::test]
+async fn sigkill_mid_load_on_postgres_loses_no_completed_spend_and_budgets_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = services::pg_database().await;
+    let general = format!(", database_url: \"{url}\"");
+    sigkill_mid_load(&dir, &general, "", Database::Postgres(url)).await;
+}
+
+/// Loads a router binary, SIGKILLs it with requests in flight, and checks the ledger (SQLite
+/// file or PostgreSQL) holds a row for every response that completed and that the restarted
+/// router resumes the budget from it.
+async fn sigkill_mid_load(dir: &tempfile::TempDir, general: &str, settings: &str, db: Database) {
     let bin = binary();
     let engine = MockServer::start().await;
     cheap_engine(&engine, 40).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("spend.sqlite");
     let cfg = dir.path().join("router.yaml");
     let text = format!(
-        "model_list:\n  - model_name: chat-fast\n    litellm_params: {{ model: hosted_vllm/m, api_base: \"{}/v1\" }}\n    model_info: {{ id: fast-a, input_cost_per_token: 0, output_cost_per_token: 0.0001 }}\ngeneral_settings: {{ master_key: {MASTER} }}\ntenantbench_settings: {{ spend_db: \"{}\", budget_exceeded_status: 429 }}\ntenants:\n{}",
+        "model_list:\n  - model_name: chat-fast\n    litellm_params: {{ model: hosted_vllm/m, api_base: \"{}/v1\" }}\n    model_info: {{ id: fast-a, input_cost_per_token: 0, output_cost_per_token: 0.0001 }}\ngeneral_settings: {{ master_key: {MASTER}{general} }}\ntenantbench_settings: {{ {settings}budget_exceeded_status: 429 }}\ntenants:\n{}",
         engine.uri(),
-        db.display(),
         budget_tenant(0.030)
     );
     std::fs::write(&cfg, text).expect("config");
@@ -259,9 +274,7 @@ async fn sigkill_mid_load_loses_no_completed_spend_and_budgets_resume() {
         let _ = w.await;
     }
     let done = completed.load(std::sync::atomic::Ordering::SeqCst);
-    let store = Store::open(&Database::Sqlite(db.clone()))
-        .await
-        .expect("open");
+    let store = Store::open(&db).await.expect("open");
     let rows = store
         .rows(&tenant_filter("payg"), 1000)
         .await
