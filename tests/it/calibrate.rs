@@ -17,16 +17,17 @@ const PRED_COLUMNS: [&str; 6] = [
     "pred_itl_p99_ms",
 ];
 
-/// The shared calibration file, as the brief names it relative to the repository root. Its
-/// absence is a broken checkout, not a reason to skip: the test fails and says where it looked.
-const PUBLISHED_RUNS: &str = "../shared/calibration/published-runs.csv";
+/// The repository's copy of `shared/calibration/published-runs.csv` (a clean clone has no
+/// `../shared`). Its absence is a broken checkout, not a reason to skip: the test fails and
+/// says where it looked.
+const PUBLISHED_RUNS: &str = "mocks/tests/data/published-runs.csv";
 
 fn published_runs() -> PathBuf {
     let path = root().join(PUBLISHED_RUNS);
     assert!(
         path.is_file(),
-        "calibration data missing: expected {} (the shared directory next to the repository, \
-         see /work/shared/calibration/README.md); this test does not skip without it",
+        "calibration data missing: expected {} (a copy of shared/calibration/published-runs.csv); \
+         this test does not skip without it",
         path.display()
     );
     path
