@@ -10,6 +10,7 @@
 //! slow client; a request holds at most `max_tokens × n` events).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, mpsc};
@@ -32,6 +33,29 @@ pub(crate) struct TokenEvent {
     pub at: Instant,
 }
 
+/// Hashes the engine's sequence ids (sequential, never chosen by a client) with one multiply:
+/// the step loop looks up every running sequence, and SipHash showed up in its profile.
+#[derive(Default)]
+struct SeqIdHasher(u64);
+
+impl Hasher for SeqIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
+
 struct Sink {
     tx: mpsc::UnboundedSender<TokenEvent>,
     choice: u32,
@@ -42,7 +66,7 @@ struct Sink {
 /// Engine state behind the lock.
 pub(crate) struct Core {
     pub engine: Engine,
-    sinks: HashMap<SeqId, Sink>,
+    sinks: SeqMap<Sink>,
     next_seq: SeqId,
     pub request_counter: u64,
     pub metrics: ServerMetrics,
@@ -55,7 +79,9 @@ pub(crate) struct Shared {
     pub epoch: Instant,
     core: Mutex<Core>,
     notify: Notify,
-    timelines: Mutex<Vec<RequestTimeline>>,
+    /// Every request's timeline, each behind its own lock: a token's stream updates only its
+    /// own, so thousands of streams do not contend on one lock every step.
+    timelines: Mutex<Vec<Timeline>>,
     /// Unix time at start-up, for `created` fields.
     pub created: u64,
 }
@@ -69,11 +95,18 @@ pub(crate) struct SeqSpec {
     pub block_hashes: Vec<u64>,
 }
 
+/// One request's timeline, shared by the driver's list and the request's stream.
+pub(crate) type Timeline = Arc<Mutex<RequestTimeline>>;
+
+fn lock_timeline(t: &Timeline) -> MutexGuard<'_, RequestTimeline> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// What a handler gets back for a submitted request.
 pub(crate) struct Submission {
     pub rx: mpsc::UnboundedReceiver<TokenEvent>,
     pub _abort_on_drop: AbortGuard,
-    pub timeline: usize,
+    pub timeline: Timeline,
 }
 
 /// Aborts a request's sequences in the engine when dropped (client disconnect drops the body).
@@ -104,7 +137,7 @@ impl Shared {
             epoch: Instant::now(),
             core: Mutex::new(Core {
                 engine,
-                sinks: HashMap::new(),
+                sinks: SeqMap::default(),
                 next_seq: 0,
                 request_counter: 0,
                 metrics: ServerMetrics::default(),
@@ -121,7 +154,7 @@ impl Shared {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_timelines(&self) -> MutexGuard<'_, Vec<RequestTimeline>> {
+    fn lock_timelines(&self) -> MutexGuard<'_, Vec<Timeline>> {
         self.timelines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -174,11 +207,8 @@ impl Shared {
                 ids.push(id);
             }
         }
-        let index = {
-            let mut t = self.lock_timelines();
-            t.push(timeline);
-            t.len() - 1
-        };
+        let timeline = Arc::new(Mutex::new(timeline));
+        self.lock_timelines().push(Arc::clone(&timeline));
         self.notify.notify_one();
         Ok(Submission {
             rx,
@@ -186,57 +216,66 @@ impl Shared {
                 shared: Arc::clone(self),
                 seqs: ids,
             },
-            timeline: index,
+            timeline,
         })
     }
 
     /// Records that a token of request `timeline`, produced by the step that logically ended
     /// at `scheduled`, was handed to its body now.
-    pub fn record_token(&self, timeline: usize, finished: bool, scheduled: Instant) {
+    pub fn record_token(&self, timeline: &Timeline, finished: bool, scheduled: Instant) {
         let now = Instant::now();
-        if let Some(t) = self.lock_timelines().get_mut(timeline) {
-            t.token_times.push(now);
-            t.scheduled_times.push(scheduled);
-            t.finished |= finished;
-        }
+        let mut t = lock_timeline(timeline);
+        t.token_times.push(now);
+        t.scheduled_times.push(scheduled);
+        t.finished |= finished;
     }
 
     /// A copy of every request's timeline so far.
     pub fn timelines(&self) -> Vec<RequestTimeline> {
-        self.lock_timelines().clone()
+        self.lock_timelines()
+            .iter()
+            .map(|t| lock_timeline(t).clone())
+            .collect()
     }
 
-    /// Hands a step's tokens to their streams and records latency metrics.
+    /// Hands a step's tokens to their streams, then records latency metrics. Every stream is
+    /// woken before any bookkeeping: with thousands of streams a step, the last stream's token
+    /// would otherwise wait for everyone's histogram updates.
     fn deliver(&self, outcome: &StepOutcome, at: Instant) {
         let mut core = self.lock_core();
         let core = &mut *core;
+        // (first token?, seconds since arrival or the previous token, finished, since arrival)
+        let mut observed = Vec::with_capacity(outcome.emitted.len());
         for e in &outcome.emitted {
             let Some(sink) = core.sinks.get_mut(&e.seq) else {
                 continue;
             };
-            match sink.last {
-                None => core
-                    .metrics
-                    .ttft
-                    .observe(at.saturating_duration_since(sink.arrival).as_secs_f64()),
-                Some(prev) => core
-                    .metrics
-                    .itl
-                    .observe(at.saturating_duration_since(prev).as_secs_f64()),
-            }
-            sink.last = Some(at);
             // A closed receiver means the body is being dropped; its guard aborts the sequence.
             let _ = sink.tx.send(TokenEvent {
                 choice: sink.choice,
                 finished: e.finished,
                 at,
             });
+            let gap = at.saturating_duration_since(sink.last.unwrap_or(sink.arrival));
+            observed.push((
+                sink.last.is_none(),
+                gap.as_secs_f64(),
+                e.finished,
+                at.saturating_duration_since(sink.arrival).as_secs_f64(),
+            ));
+            sink.last = Some(at);
             if e.finished {
-                let arrival = sink.arrival;
                 core.sinks.remove(&e.seq);
-                core.metrics
-                    .e2e
-                    .observe(at.saturating_duration_since(arrival).as_secs_f64());
+            }
+        }
+        for (first, gap, finished, e2e) in observed {
+            if first {
+                core.metrics.ttft.observe(gap);
+            } else {
+                core.metrics.itl.observe(gap);
+            }
+            if finished {
+                core.metrics.e2e.observe(e2e);
                 core.metrics.success_length += 1;
             }
         }

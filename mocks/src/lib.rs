@@ -212,7 +212,7 @@ impl InProcessStream {
     pub async fn next(&mut self) -> Option<bool> {
         let ev = self.sub.rx.recv().await?;
         self.shared
-            .record_token(self.sub.timeline, ev.finished, ev.at);
+            .record_token(&self.sub.timeline, ev.finished, ev.at);
         Some(ev.finished)
     }
 }

@@ -528,7 +528,7 @@ async fn whole_response(
         if ev.finished {
             done += 1;
         }
-        s.record_token(sub.timeline, done == choices, ev.at);
+        s.record_token(&sub.timeline, done == choices, ev.at);
     }
     let usage: UsageFull = Usage::new(prompt_total, completion).into();
     let model = plan.model.as_str();
@@ -701,7 +701,7 @@ impl StreamState {
         }
         let bytes = self.chunk(ev.choice, &text, false, ev.finished);
         self.shared
-            .record_token(self.sub.timeline, self.done == self.choices, ev.at);
+            .record_token(&self.sub.timeline, self.done == self.choices, ev.at);
         bytes
     }
 }
