@@ -20,7 +20,10 @@ const EXIT_GATE: u8 = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Run(_) | Command::Check(_) => "warn",
+        // The embedded stack runs one router of ours: its start-up warning that limits are per
+        // process (true, and vital for replicas) is noise above the run's own table.
+        Command::Run(_) => "warn,router::server=error",
+        Command::Check(_) => "warn",
         Command::MockVllm(_) | Command::Router(_) => "info",
         Command::Calibrate(_) | Command::Report(_) => "warn",
     };
