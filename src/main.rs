@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 
@@ -121,9 +122,35 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> ExitCode {
         baseline,
     };
     match loadgen::run(&scenario, opts, shutdown).await {
-        Ok(outcome) => verdict(&outcome.summary, &outcome.dir, quiet, args.json),
+        Ok(outcome) => {
+            let code = verdict(&outcome.summary, &outcome.dir, quiet, args.json);
+            match nothing_succeeded(&outcome.summary) {
+                Some(why) => fail(&why, i32::from(EXIT_RUNTIME)),
+                None => code,
+            }
+        }
         Err(e) => fail(&e.to_string(), e.exit_code()),
     }
+}
+
+/// A run in which requests were sent and none succeeded measured nothing: that is a runtime
+/// failure (exit 1) whatever the gates say, with the most common outcome named.
+fn nothing_succeeded(summary: &reports::Summary) -> Option<String> {
+    let o = &summary.overall.outcomes;
+    if o.ok > 0 || o.total() == 0 {
+        return None;
+    }
+    let mut counts: Vec<(&str, u64)> = reports::Outcome::ALL
+        .iter()
+        .map(|k| (k.as_str(), o.get(*k)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    let listed: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    Some(format!(
+        "no request succeeded ({}); the results directory still holds every request and its error",
+        listed.join(", ")
+    ))
 }
 
 /// `tenantbench report merge`: shards → one run → the same summary, files and verdicts as `run`.
@@ -306,6 +333,15 @@ async fn calibrate(args: cli::CalibrateArgs) -> anyhow::Result<()> {
     // The replay runs in simulated time and is CPU-bound: keep it off the async workers.
     let results = tokio::task::spawn_blocking(move || mocks::calibration::calibrate(&rows)).await?;
     print!("{}", mocks::calibration::render_table(&results));
+    // A file none of whose rows could run is the wrong file (or not a calibration CSV at all):
+    // a usage error, not a calibration with nothing to say.
+    if !results.iter().any(|r| r.predicted.is_ok()) {
+        anyhow::bail!(
+            "{file}: no row could be replayed ({} rows; see the reasons above); the columns are \
+             documented in shared/calibration/README.md",
+            results.len()
+        );
+    }
     if let Some(out) = &args.out {
         let csv =
             mocks::calibration::predictions_csv(&text, &results).with_context(|| file.clone())?;

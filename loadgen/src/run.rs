@@ -413,6 +413,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<RunOutcome, RunError> {
     let scenario_tenants: Vec<String> = s.tenants.iter().map(|t| t.id.clone()).collect();
+    if opts.shard.is_some() && opts.target.is_none() {
+        // Shards split one system's load across load-generating machines. On the embedded
+        // stack every shard would simulate a GPU of its own, and the merged result would
+        // claim n GPUs' capacity for the price of one.
+        return Err(RunError::Target(
+            "--shard needs --target: shards split the tenants of one system under test across \
+             machines; with the embedded stack each shard would simulate its own GPU"
+                .into(),
+        ));
+    }
     let mut sharded;
     let s = match opts.shard {
         Some((i, n)) => {

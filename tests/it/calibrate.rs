@@ -265,3 +265,34 @@ fn calibrate_exits_2_naming_a_missing_file() {
         "the error names the path: {stderr}"
     );
 }
+
+#[test]
+fn calibrate_exits_2_when_no_row_can_run() {
+    let dir = tempdir();
+    for (name, body) in [
+        (
+            "header-only.csv",
+            std::fs::read_to_string(published_runs())
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        ("other.csv", "a,b\n1,2\n".to_owned()),
+        ("scenario.toml", "version = 1\nname = \"x\"\n".to_owned()),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap_or_else(|e| panic!("{e}"));
+        let out = tenantbench(
+            &["calibrate", path.to_str().unwrap_or_default()],
+            dir.path(),
+        );
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(name) && stderr.contains("no row"),
+            "{name}: {stderr}"
+        );
+    }
+}

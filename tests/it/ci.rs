@@ -183,29 +183,82 @@ fn a_regression_against_the_baseline_exits_3_naming_the_metric() {
     assert!(text(&out).contains("baseline.json"), "{}", text(&out));
 }
 
-#[test]
-fn shards_split_the_tenants_and_merge_back_into_one_result() {
+/// Runs the binary off the async workers (it may run for seconds).
+async fn tenantbench_blocking(args: Vec<String>, cwd: &Path) -> std::process::Output {
+    let cwd = cwd.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tenantbench(&args, &cwd)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `tenantbench mock-vllm` serving `chat-fast` on a free port, ready; returns it and `/v1`.
+async fn external_mock() -> (crate::common::Server, String) {
+    let port = free_port();
+    let server = start(&[
+        "mock-vllm",
+        "mistral-7b-instruct",
+        "--served-model-name",
+        "chat-fast",
+        "--gpu",
+        "rtx-5090",
+        "--port",
+        &port.to_string(),
+    ]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&reqwest::Client::new(), &format!("{base}/health")).await;
+    (server, format!("{base}/v1"))
+}
+
+#[tokio::test]
+#[expect(
+    clippy::await_holding_lock,
+    reason = "the guard serialises whole tests across threads; it is never taken inside a runtime"
+)]
+async fn shards_split_the_tenants_and_merge_back_into_one_result() {
     let _exclusive = crate::common::exclusive();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let scenario = fixture("tiny.toml");
+    let scenario = fixture("tiny.toml").to_string_lossy().into_owned();
+    // On the embedded stack every shard would simulate its own GPU: refused before any run.
+    let out = tenantbench_blocking(
+        vec![
+            "run".into(),
+            scenario.clone(),
+            "--quiet".into(),
+            "--shard".into(),
+            "0/2".into(),
+        ],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--target"), "{}", text(&out));
+
+    // Shards of one system under test: both drive the same external server.
+    let (_server, target) = external_mock().await;
     let mut shard_dirs = Vec::new();
     let mut shard_tenants = Vec::new();
     let mut shard_requests = 0;
     let mut shard_rows = 0;
     for i in 0..2 {
         let d = dir.path().join(format!("shard-{i}"));
-        let out = tenantbench(
-            &[
-                "run",
-                scenario.to_str().unwrap_or_default(),
-                "--out",
-                d.to_str().unwrap_or_default(),
-                "--quiet",
-                "--shard",
-                &format!("{i}/2"),
+        let out = tenantbench_blocking(
+            vec![
+                "run".into(),
+                scenario.clone(),
+                "--out".into(),
+                d.to_string_lossy().into_owned(),
+                "--quiet".into(),
+                "--shard".into(),
+                format!("{i}/2"),
+                "--target".into(),
+                target.clone(),
             ],
             dir.path(),
-        );
+        )
+        .await;
         assert!(out.status.success(), "shard {i}: {}", text(&out));
         let s = read_json(&d.join("summary.json"));
         let ids = tenant_ids(&s);
@@ -223,18 +276,19 @@ fn shards_split_the_tenants_and_merge_back_into_one_result() {
     );
 
     let merged = dir.path().join("merged");
-    let out = tenantbench(
-        &[
-            "report",
-            "merge",
-            shard_dirs[0].to_str().unwrap_or_default(),
-            shard_dirs[1].to_str().unwrap_or_default(),
-            "--out",
-            merged.to_str().unwrap_or_default(),
-            "--json",
+    let out = tenantbench_blocking(
+        vec![
+            "report".into(),
+            "merge".into(),
+            shard_dirs[0].to_string_lossy().into_owned(),
+            shard_dirs[1].to_string_lossy().into_owned(),
+            "--out".into(),
+            merged.to_string_lossy().into_owned(),
+            "--json".into(),
         ],
         dir.path(),
-    );
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     let s = read_json(&merged.join("summary.json"));
     assert_eq!(
@@ -243,29 +297,24 @@ fn shards_split_the_tenants_and_merge_back_into_one_result() {
         "scenario order"
     );
     assert_eq!(outcome_total(&s["overall"]), shard_requests);
-    assert!(
-        s["tenants"][3]["outcomes"]["rate_limited"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0
-    );
     assert_eq!(
         csv_rows(&merged.join("requests.csv")),
         shard_rows,
         "every shard's requests (warm-up included), once"
     );
     // The same shard twice is refused, naming the problem.
-    let out = tenantbench(
-        &[
-            "report",
-            "merge",
-            shard_dirs[0].to_str().unwrap_or_default(),
-            shard_dirs[0].to_str().unwrap_or_default(),
-            "--out",
-            dir.path().join("twice").to_str().unwrap_or_default(),
+    let out = tenantbench_blocking(
+        vec![
+            "report".into(),
+            "merge".into(),
+            shard_dirs[0].to_string_lossy().into_owned(),
+            shard_dirs[0].to_string_lossy().into_owned(),
+            "--out".into(),
+            dir.path().join("twice").to_string_lossy().into_owned(),
         ],
         dir.path(),
-    );
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
@@ -341,5 +390,28 @@ async fn run_drives_an_external_target_without_the_embedded_stack() {
     assert!(
         served >= ok as f64,
         "the server finished {served} requests, the run counted {ok} successes"
+    );
+
+    // Nobody listening: every request fails, so the run measured nothing and exits 1 (not 0,
+    // whatever the gates say), naming what happened.
+    let nobody = format!("http://127.0.0.1:{}/v1", free_port());
+    let out = tenantbench_blocking(
+        vec![
+            "run".into(),
+            scenario.to_string_lossy().into_owned(),
+            "--out".into(),
+            dir.path().join("nobody").to_string_lossy().into_owned(),
+            "--quiet".into(),
+            "--target".into(),
+            nobody,
+        ],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no request succeeded") && text(&out).contains("server_error"),
+        "{}",
+        text(&out)
     );
 }
