@@ -145,7 +145,7 @@ fn nothing_succeeded(summary: &reports::Summary) -> Option<String> {
         .map(|k| (k.as_str(), o.get(*k)))
         .filter(|(_, n)| *n > 0)
         .collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     let listed: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     Some(format!(
         "no request succeeded ({}); the results directory still holds every request and its error",
