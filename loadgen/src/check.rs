@@ -77,5 +77,11 @@ pub fn check(s: &Scenario) -> Result<CheckReport, RunError> {
         }
         lines.push(format!("  total {used:.1} of {total:.1} GiB: fits"));
     }
+    for c in crate::stack::context_overflows(s) {
+        lines.push(format!(
+            "warning: {}; the longest requests will be refused (400)",
+            c.message
+        ));
+    }
     Ok(CheckReport { lines })
 }

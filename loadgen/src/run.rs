@@ -423,6 +423,11 @@ pub async fn run(
                 .into(),
         ));
     }
+    if opts.target.is_none() {
+        // Before anything is written or bound: the embedded stack must fit its GPUs and serve
+        // at least some of each tenant's requests.
+        crate::stack::check_capacity(s)?;
+    }
     let mut sharded;
     let s = match opts.shard {
         Some((i, n)) => {

@@ -160,7 +160,7 @@ pub fn check_capacity(s: &Scenario) -> Result<Vec<(u32, Vec<mocks::MemoryPlan>)>
     for (e, cfg) in s.engines.iter().zip(configs) {
         by_gpu.entry(e.gpu_index).or_default().push(cfg);
     }
-    by_gpu
+    let plans: Vec<(u32, Vec<mocks::MemoryPlan>)> = by_gpu
         .into_iter()
         .map(|(gpu, cfgs)| {
             let names: Vec<&str> = s
@@ -172,10 +172,73 @@ pub fn check_capacity(s: &Scenario) -> Result<Vec<(u32, Vec<mocks::MemoryPlan>)>
             mocks::plan_shared_gpu(&cfgs)
                 .map(|plans| (gpu, plans))
                 .map_err(|e| {
-                    RunError::Capacity(format!("GPU {gpu} (engines {}): {e}", names.join(", ")))
+                    RunError::Capacity(format!(
+                        "{}: GPU {gpu} (engines {}): {e}",
+                        s.source,
+                        names.join(", ")
+                    ))
                 })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if let Some(problem) = context_overflows(s).into_iter().find(|c| c.always) {
+        return Err(RunError::Capacity(format!(
+            "{}: {}; no request of it can be served",
+            s.source, problem.message
+        )));
+    }
+    Ok(plans)
+}
+
+/// A tenant whose prompt + output lengths overflow its engine's context window.
+#[derive(Debug, Clone)]
+pub struct ContextOverflow {
+    /// Even the shortest prompt with the shortest output overflows: every request would fail.
+    pub always: bool,
+    pub message: String,
+}
+
+/// Tenants (one per group and model) whose requests do not fit the context window
+/// (`max_model_len`, vLLM's check: prompt + `max_tokens` must fit) of the engine serving them.
+pub fn context_overflows(s: &Scenario) -> Vec<ContextOverflow> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in &s.tenants {
+        for (model, _) in &t.models {
+            let Some(engine) = s
+                .models
+                .iter()
+                .find(|m| &m.name == model)
+                .and_then(|m| s.engines.iter().find(|e| e.name == m.engine))
+            else {
+                continue;
+            };
+            let Ok(spec) = engine.config.resolve() else {
+                continue;
+            };
+            let window = u64::from(spec.max_model_len);
+            let least = t.prompt_tokens.min() + t.output_tokens.min();
+            let most = t.prompt_tokens.max() + t.output_tokens.max();
+            if most <= window
+                || !seen.insert((
+                    t.group.clone(),
+                    model.clone(),
+                    t.prompt_tokens.max(),
+                    t.output_tokens.max(),
+                ))
+            {
+                continue;
+            }
+            out.push(ContextOverflow {
+                always: least > window,
+                message: format!(
+                    "group `{}` on `{model}`: prompt_tokens + output_tokens reach {most} \
+                     (at least {least}), over engine `{}`'s max_model_len of {window}",
+                    t.group, engine.name
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// Starts the simulators and the router; `results_dir` receives the audit log.

@@ -58,6 +58,11 @@ fn invalid_scenario_exits_2_naming_file_and_field() {
             tiny.replace("rtx-5090", "rtx-9090"),
             "engines[0]",
         ),
+        (
+            "no-request-fits.toml",
+            tiny.replace("max_cpu_loras = 4", "max_cpu_loras = 4\nmax_model_len = 10"),
+            "max_model_len",
+        ),
     ];
     for (name, body, field) in cases {
         let path = dir.path().join(name);
@@ -77,6 +82,29 @@ fn invalid_scenario_exits_2_naming_file_and_field() {
     assert!(
         !dir.path().join("results").exists(),
         "nothing is written for an invalid scenario"
+    );
+}
+
+#[test]
+fn check_warns_when_the_longest_requests_overflow_the_context_window() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let tiny = std::fs::read_to_string(fixture("tiny.toml")).unwrap_or_default();
+    // Prompts of 100–200 tokens plus 12–24 output tokens against a 180-token window: some fit.
+    let path = dir.path().join("tight.toml");
+    std::fs::write(
+        &path,
+        tiny.replace(
+            "max_cpu_loras = 4",
+            "max_cpu_loras = 4\nmax_model_len = 180",
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = tenantbench(&["check", path.to_str().unwrap_or_default()], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("warning") && t.contains("max_model_len of 180") && t.contains("reach 224"),
+        "{t}"
     );
 }
 
