@@ -26,12 +26,10 @@ use raw::RawConfig;
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read the file: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The I/O error is part of the message, not a `#[source]`: error chains printed with
+    // `{:#}` would otherwise repeat it.
+    #[error("{file}: cannot read the file: {cause}")]
+    Read { file: String, cause: std::io::Error },
     #[error("{file}: {path}: {message}\n  fix: {fix}")]
     Invalid {
         file: String,
@@ -207,9 +205,9 @@ pub fn parse(yaml: &str, source: &str) -> Result<RouterConfig, ConfigError> {
 /// directory.
 pub fn load(path: &Path) -> Result<RouterConfig, ConfigError> {
     let file = path.display().to_string();
-    let yaml = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let yaml = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         file: file.clone(),
-        source,
+        cause,
     })?;
     parse_in(&yaml, &file, path.parent())
 }
@@ -241,6 +239,11 @@ fn parse_in(yaml: &str, source: &str, base: Option<&Path>) -> Result<RouterConfi
     .map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
+        // serde_yaml_ng names the field (or its parent) itself; the path is already given once.
+        let inner = match inner.split_once(": ") {
+            Some((head, rest)) if !head.is_empty() && path.starts_with(head) => rest.to_owned(),
+            _ => inner,
+        };
         let fix = if inner.contains("unknown field") {
             "remove the field or correct its spelling (this section is strict)"
         } else if inner.contains("missing field") {
