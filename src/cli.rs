@@ -46,13 +46,29 @@ pub struct MergeArgs {
     /// Where to write the merged results directory.
     #[arg(long)]
     pub out: PathBuf,
-    /// Print only the results directory and any failing lines.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
+}
+
+/// What `run` and `report merge` print.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// No progress bar and no summary table; only the results directory (and any failing
+    /// gate lines, on stderr) are printed.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Print the merged summary.json on stdout (one line) instead of the table.
+    /// Print summary.json on stdout (one line) instead of the table, for scripts.
     #[arg(long)]
     pub json: bool,
-    /// A previous run's summary.json to compare the merged result with (as `run --baseline`).
+}
+
+/// Regression gates against an earlier result, for `run` and `report merge`.
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    /// A previous run's summary.json: latency percentiles, rates and error rate must not
+    /// regress by more than --max-regression (each comparison becomes a gate).
     #[arg(long)]
     pub baseline: Option<PathBuf>,
     /// Allowed regression against --baseline, e.g. 10% (default).
@@ -80,20 +96,10 @@ pub struct RunArgs {
     /// starting the embedded stack. Keys: TENANTBENCH_KEY_<TENANT_ID> or TENANTBENCH_API_KEY.
     #[arg(long)]
     pub target: Option<String>,
-    /// No progress bar and no summary table; only the results directory (and any failing
-    /// gate lines, on stderr) are printed.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Print summary.json on stdout (one line) instead of the table, for scripts.
-    #[arg(long)]
-    pub json: bool,
-    /// A previous run's summary.json: latency percentiles, rates and error rate must not
-    /// regress by more than --max-regression (each comparison becomes a gate).
-    #[arg(long)]
-    pub baseline: Option<PathBuf>,
-    /// Allowed regression against --baseline, e.g. 10% (default).
-    #[arg(long, default_value = "10%")]
-    pub max_regression: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
     /// Run only shard i of n (0-based, e.g. 0/3): every n-th tenant from i. Merge the shards'
     /// results with `tenantbench report merge`.
     #[arg(long, value_parser = parse_shard)]

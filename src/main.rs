@@ -95,14 +95,11 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string(), i32::from(EXIT_USAGE)),
     };
-    let baseline = match &args.baseline {
-        None => None,
-        Some(path) => match read_baseline(path, &args.max_regression) {
-            Ok(b) => Some(b),
-            Err(e) => return fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
-        },
+    let baseline = match read_baseline(&args.baseline) {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
     };
-    let quiet = args.quiet || args.json;
+    let quiet = args.output.quiet || args.output.json;
     let progress = if quiet {
         None
     } else {
@@ -122,13 +119,7 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> ExitCode {
         baseline,
     };
     match loadgen::run(&scenario, opts, shutdown).await {
-        Ok(outcome) => {
-            let code = verdict(&outcome.summary, &outcome.dir, quiet, args.json);
-            match nothing_succeeded(&outcome.summary) {
-                Some(why) => fail(&why, i32::from(EXIT_RUNTIME)),
-                None => code,
-            }
-        }
+        Ok(outcome) => verdict(&outcome.summary, &outcome.dir, &args.output),
         Err(e) => fail(&e.to_string(), e.exit_code()),
     }
 }
@@ -155,12 +146,9 @@ fn nothing_succeeded(summary: &reports::Summary) -> Option<String> {
 
 /// `tenantbench report merge`: shards → one run → the same summary, files and verdicts as `run`.
 fn merge(args: cli::MergeArgs) -> ExitCode {
-    let baseline = match &args.baseline {
-        None => None,
-        Some(path) => match read_baseline(path, &args.max_regression) {
-            Ok(b) => Some(b),
-            Err(e) => return fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
-        },
+    let baseline = match read_baseline(&args.baseline) {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("{e:#}"), i32::from(EXIT_USAGE)),
     };
     let data = match reports::merge::merge_dirs(&args.shards) {
         Ok(d) => d,
@@ -175,11 +163,15 @@ fn merge(args: cli::MergeArgs) -> ExitCode {
     if let Err(e) = reports::write_results(&args.out, &data, &summary) {
         return fail(&e.to_string(), i32::from(EXIT_RUNTIME));
     }
-    verdict(&summary, &args.out, args.quiet || args.json, args.json)
+    verdict(&summary, &args.out, &args.output)
 }
 
-fn read_baseline(path: &std::path::Path, max: &str) -> anyhow::Result<(reports::Summary, f64)> {
-    let max = reports::baseline::parse_regression(max)
+/// The `--baseline` summary and the allowed regression, when one was given.
+fn read_baseline(args: &cli::BaselineArgs) -> anyhow::Result<Option<(reports::Summary, f64)>> {
+    let Some(path) = &args.baseline else {
+        return Ok(None);
+    };
+    let max = reports::baseline::parse_regression(&args.max_regression)
         .map_err(|e| anyhow::anyhow!("--max-regression: {e}"))?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--baseline {}: cannot read", path.display()))?;
@@ -189,12 +181,17 @@ fn read_baseline(path: &std::path::Path, max: &str) -> anyhow::Result<(reports::
             path.display()
         )
     })?;
-    Ok((summary, max))
+    Ok(Some((summary, max)))
 }
 
-/// Prints the outcome and picks the exit code: 3 when a gate, an SLO or isolation failed, with
-/// one line per failure on stderr.
-fn verdict(summary: &reports::Summary, dir: &std::path::Path, quiet: bool, json: bool) -> ExitCode {
+/// Prints the outcome and picks the exit code: 1 when no request succeeded, 3 when a gate, an
+/// SLO or isolation failed, with one line per failure on stderr.
+fn verdict(
+    summary: &reports::Summary,
+    dir: &std::path::Path,
+    output: &cli::OutputArgs,
+) -> ExitCode {
+    let (quiet, json) = (output.quiet || output.json, output.json);
     if json {
         match serde_json::to_string(summary) {
             Ok(s) => println!("{s}"),
@@ -254,12 +251,14 @@ fn verdict(summary: &reports::Summary, dir: &std::path::Path, quiet: bool, json:
             ));
         }
     }
-    if failures.is_empty() {
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    if let Some(why) = nothing_succeeded(summary) {
+        fail(&why, i32::from(EXIT_RUNTIME))
+    } else if failures.is_empty() {
         ExitCode::SUCCESS
     } else {
-        for f in &failures {
-            eprintln!("{f}");
-        }
         ExitCode::from(EXIT_GATE)
     }
 }

@@ -218,24 +218,21 @@ pub fn context_overflows(s: &Scenario) -> Vec<ContextOverflow> {
             let window = u64::from(spec.max_model_len);
             let least = t.prompt_tokens.min() + t.output_tokens.min();
             let most = t.prompt_tokens.max() + t.output_tokens.max();
-            if most <= window
-                || !seen.insert((
-                    t.group.clone(),
-                    model.clone(),
-                    t.prompt_tokens.max(),
-                    t.output_tokens.max(),
-                ))
-            {
+            if most <= window {
                 continue;
             }
-            out.push(ContextOverflow {
-                always: least > window,
-                message: format!(
-                    "group `{}` on `{model}`: prompt_tokens + output_tokens reach {most} \
-                     (at least {least}), over engine `{}`'s max_model_len of {window}",
-                    t.group, engine.name
-                ),
-            });
+            let message = format!(
+                "group `{}` on `{model}`: prompt_tokens + output_tokens reach {most} \
+                 (at least {least}), over engine `{}`'s max_model_len of {window}",
+                t.group, engine.name
+            );
+            // Tenants of a group usually share their lengths: say it once.
+            if seen.insert(message.clone()) {
+                out.push(ContextOverflow {
+                    always: least > window,
+                    message,
+                });
+            }
         }
     }
     out

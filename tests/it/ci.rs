@@ -38,6 +38,18 @@ fn csv_rows(path: &Path) -> usize {
         .count()
 }
 
+/// Asserts the run exited 3 and printed a `FAIL` line on stderr that contains `needle`.
+fn assert_failed_gate(out: &std::process::Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(3), "{}", text(out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains(needle)),
+        "a FAIL line naming `{needle}` is printed: {stderr}"
+    );
+}
+
 fn outcome_total(stats: &Value) -> u64 {
     stats["outcomes"]
         .as_object()
@@ -65,14 +77,8 @@ fn a_failed_gate_exits_3_prints_the_failing_line_and_writes_junit() {
         ],
         dir.path(),
     );
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_failed_gate(&out, "impossible ttft");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.starts_with("FAIL") && l.contains("impossible ttft")),
-        "the failing gate is printed: {stderr}"
-    );
     assert!(
         !stderr.lines().any(|l| l.contains("ttft_ms.p99 < 5000")),
         "passing gates are not printed as failures: {stderr}"
@@ -157,14 +163,7 @@ fn a_regression_against_the_baseline_exits_3_naming_the_metric() {
         ],
         dir.path(),
     );
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.starts_with("FAIL") && l.contains("_ms")),
-        "a failing latency line is printed: {stderr}"
-    );
+    assert_failed_gate(&out, "_ms");
     let junit = std::fs::read_to_string(second.join("junit.xml")).unwrap_or_default();
     assert!(junit.contains("<failure"), "{junit}");
     // A baseline that is not a summary is a usage error, before anything runs.
@@ -325,40 +324,26 @@ async fn shards_split_the_tenants_and_merge_back_into_one_result() {
 )]
 async fn run_drives_an_external_target_without_the_embedded_stack() {
     let _exclusive = crate::common::exclusive();
-    let port = free_port();
-    let _server = start(&[
-        "mock-vllm",
-        "mistral-7b-instruct",
-        "--served-model-name",
-        "chat-fast",
-        "--gpu",
-        "rtx-5090",
-        "--port",
-        &port.to_string(),
-    ]);
+    let (_server, target) = external_mock().await;
+    let base = target.trim_end_matches("/v1").to_owned();
     let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&client, &format!("{base}/health")).await;
 
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let out_dir = dir.path().join("out");
     let scenario = fixture("tiny.toml");
-    let args = [
-        "run".to_string(),
-        scenario.to_string_lossy().into_owned(),
-        "--out".into(),
-        out_dir.to_string_lossy().into_owned(),
-        "--quiet".into(),
-        "--target".into(),
-        format!("{base}/v1"),
-    ];
-    let cwd = dir.path().to_path_buf();
-    let out = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        tenantbench(&args, &cwd)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let out = tenantbench_blocking(
+        vec![
+            "run".into(),
+            scenario.to_string_lossy().into_owned(),
+            "--out".into(),
+            out_dir.to_string_lossy().into_owned(),
+            "--quiet".into(),
+            "--target".into(),
+            target.clone(),
+        ],
+        dir.path(),
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     let s = read_json(&out_dir.join("summary.json"));
     assert_eq!(tenant_ids(&s).len(), 4);

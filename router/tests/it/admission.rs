@@ -99,17 +99,23 @@ async fn tpm_reserves_estimates_and_reconciles_streams_with_usage() {
     assert_eq!(v["error"]["type"], "tokens");
 }
 
-/// One stream at a time: a second request while the first streams is refused; once the
-/// client has read the last byte, the slot is free again. `shared` puts the slot in Redis.
-async fn parallel_slot_is_held_until_the_last_byte(shared: Option<(String, String)>) {
-    let engine = SlowEngine::start(SlowEngine::vllm_events(4), Duration::from_millis(150)).await;
-    let (general, settings) = match &shared {
+/// The `general_settings` and `tenantbench_settings` additions that put limits and budget
+/// holds in Redis (`Some((url, key prefix))`), or nothing for the in-process state.
+fn shared_state(shared: Option<&(String, String)>) -> (String, String) {
+    match shared {
         Some((url, prefix)) => (
             format!(", redis_url: \"{url}\""),
             format!(", redis_prefix: \"{prefix}\""),
         ),
         None => (String::new(), String::new()),
-    };
+    }
+}
+
+/// One stream at a time: a second request while the first streams is refused; once the
+/// client has read the last byte, the slot is free again. `shared` puts the slot in Redis.
+async fn parallel_slot_is_held_until_the_last_byte(shared: Option<(String, String)>) {
+    let engine = SlowEngine::start(SlowEngine::vllm_events(4), Duration::from_millis(150)).await;
+    let (general, settings) = shared_state(shared.as_ref());
     let s = Stack::with(Opts {
         fast_base: Some(engine.base.clone()),
         tenants: limited("    max_parallel_requests: 1\n"),
@@ -359,13 +365,7 @@ async fn budget_resets_when_its_period_ends_on_redis() {
 async fn budget_resets_at_the_period_end(shared: Option<(String, String)>) {
     // budget_duration 2s: periods start at multiples of 2 s since the epoch, so once refused
     // the tenant is served again within Retry-After.
-    let (general, settings) = match &shared {
-        Some((url, prefix)) => (
-            format!(", redis_url: \"{url}\""),
-            format!(", redis_prefix: \"{prefix}\""),
-        ),
-        None => (String::new(), String::new()),
-    };
+    let (general, settings) = shared_state(shared.as_ref());
     let s = Stack::with(Opts {
         fast_prices: (0.001, 0.002),
         tenants: limited("    max_budget: 0.05\n    budget_duration: 2s\n"),
