@@ -7,12 +7,18 @@
 //! the logical end of the engine step that produced it; the engine is keeping up when the mean
 //! stays under 1 ms.
 //!
-//! It runs twice: first with in-process streams (`SimHandle::submit_in_process`), which
-//! measures the engine loop and its token hand-off alone, then over HTTP, which adds axum,
-//! SSE serialisation and loopback TCP for both the server and the client sharing this
-//! machine's two cores.
+//! It runs twice. First with in-process streams (`SimHandle::submit_in_process`) on one
+//! thread (a current-thread runtime): the engine loop, its token hand-off and 2,000 stream
+//! tasks that each record when their token arrived, with no HTTP in between. This is the
+//! engine loop's own cost. On a 2-worker runtime the same run is slower, not faster: each
+//! stream's wake-up can cross to the other vCPU, and on this VM that costs more than the
+//! stream's work (see `mocks/README.md` for the numbers). Then over HTTP on a 2-worker
+//! runtime, which adds axum, SSE serialisation and loopback TCP for both the server and the
+//! client sharing this machine's two cores.
 //!
-//! `cargo bench -p tb-benches --bench engine_streams` (env `STREAMS`, `MAX_TOKENS` to vary).
+//! `cargo bench -p tb-benches --bench engine_streams` (env `STREAMS`, `MAX_TOKENS` to vary;
+//! `TRANSPORT=in-process` or `TRANSPORT=http` to run one half; `WORKERS=n` for an n-worker
+//! runtime, 0 for one thread).
 
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -69,22 +75,34 @@ enum Transport {
 fn main() {
     let streams = env_or("STREAMS", 2000);
     let max_tokens = env_or("MAX_TOKENS", 128);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            return;
+    // `TRANSPORT=in-process` or `TRANSPORT=http` runs one of the two (for profiling).
+    let only = std::env::var("TRANSPORT").unwrap_or_default();
+    for (transport, name, default_workers) in [
+        (Transport::InProcess, "in-process", 0),
+        (Transport::Http, "http", 2),
+    ] {
+        if !only.is_empty() && only != name {
+            continue;
         }
-    };
-    for transport in [Transport::InProcess, Transport::Http] {
-        rt.block_on(measure(transport, streams, max_tokens));
+        let workers = env_or("WORKERS", default_workers);
+        let rt = if workers == 0 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+        };
+        match rt {
+            Ok(rt) => rt.block_on(measure(transport, workers, streams, max_tokens)),
+            Err(e) => eprintln!("runtime: {e}"),
+        }
     }
 }
 
-async fn measure(transport: Transport, streams: usize, max_tokens: usize) {
+async fn measure(transport: Transport, workers: usize, streams: usize, max_tokens: usize) {
     // An H200 (141 GB) holds the KV of 2,000 short streams of a 7B model many times over;
     // max_num_seqs lets all of them decode in every step.
     let cfg = EngineConfig {
@@ -96,7 +114,8 @@ async fn measure(transport: Transport, streams: usize, max_tokens: usize) {
         ..Default::default()
     };
     let stop = CancellationToken::new();
-    let sim = match mocks::spawn(cfg, stop.clone()).await {
+    let sim = mocks::spawn(cfg, stop.clone()).await;
+    let sim = match sim {
         Ok(s) => s,
         Err(e) => {
             eprintln!("simulator: {e}");
@@ -145,6 +164,21 @@ async fn measure(transport: Transport, streams: usize, max_tokens: usize) {
     let _ = sim.stopped().await;
 
     let mut late: Vec<Duration> = timelines.iter().flat_map(|t| t.lateness()).collect();
+    // Per engine step: how late its first and its last token reached their streams. The first
+    // is the hand-off's fixed cost, the spread is what each further stream adds.
+    let mut steps: std::collections::HashMap<tokio::time::Instant, (Duration, Duration)> =
+        std::collections::HashMap::new();
+    for t in &timelines {
+        for (s, l) in t.scheduled_times.iter().zip(t.lateness()) {
+            let e = steps.entry(*s).or_insert((l, l));
+            e.0 = e.0.min(l);
+            e.1 = e.1.max(l);
+        }
+    }
+    let mut firsts: Vec<Duration> = steps.values().map(|v| v.0).collect();
+    let mut lasts: Vec<Duration> = steps.values().map(|v| v.1).collect();
+    firsts.sort();
+    lasts.sort();
     late.sort();
     let tokens = late.len();
     let first = timelines.iter().map(|t| t.arrival).min();
@@ -166,7 +200,14 @@ async fn measure(transport: Transport, streams: usize, max_tokens: usize) {
         Transport::Http => "over HTTP (client in this process)",
         Transport::InProcess => "engine loop alone (in-process streams)",
     };
-    println!("engine_streams {name}: {streams} streams x {max_tokens} tokens, {ok} finished");
+    let threads = if workers == 0 {
+        "one thread".to_owned()
+    } else {
+        format!("{workers} worker threads")
+    };
+    println!(
+        "engine_streams {name}, {threads}: {streams} streams x {max_tokens} tokens, {ok} finished"
+    );
     println!(
         "  wall {:.2} s, {tokens} tokens, {:.0} tokens/s",
         wall.as_secs_f64(),
@@ -177,6 +218,14 @@ async fn measure(transport: Transport, streams: usize, max_tokens: usize) {
         pct(0.5),
         pct(0.99),
         pct(1.0)
+    );
+    let median = |v: &[Duration]| v.get(v.len() / 2).map_or(0.0, |d| us(*d));
+    println!(
+        "  per step ({}): first token after {:.0} us, last after {:.0} us (medians); last p90 {:.0} us",
+        steps.len(),
+        median(&firsts),
+        median(&lasts),
+        lasts.get(lasts.len() * 9 / 10).map_or(0.0, |d| us(*d))
     );
     println!(
         "  verdict: {}",
