@@ -15,12 +15,14 @@
 //! - once `[DONE]` has arrived the response is complete: a connection dropped or held open
 //!   after it (before the body's last HTTP chunk) changes nothing.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use reports::{Outcome, RequestRecord};
+use serde::Deserialize;
 use tokio::time::Instant;
-use wire::openai::{ErrorBody, StreamChunk, Usage};
+use wire::openai::{ErrorBody, Usage};
 use wire::sse::SseParser;
 
 /// What the caller knows about the request before it is sent.
@@ -58,14 +60,19 @@ pub struct StreamObservation {
     pub first_content: Option<Instant>,
     pub last_token: Option<Instant>,
     pub done_at: Option<Instant>,
+    /// Per-token inter-token latencies; filled in by [`StreamObservation::finish`].
     pub itl_ms: Vec<f64>,
     pub chunk_gaps_ms: Vec<f64>,
+    /// Generated tokens as counted on the client; filled in by [`StreamObservation::finish`].
     pub counted_tokens: u64,
     pub usage: Option<Usage>,
     pub saw_done: bool,
     pub error: Option<String>,
     /// Every generated character on every channel, in order: the exact text the stream carried.
     pub text: String,
+    /// Each chunk that carried text: its gap to the previous such chunk (none for the first)
+    /// and where its text lies in `text`.
+    chunks: Vec<(Option<f64>, usize, usize)>,
 }
 
 impl StreamObservation {
@@ -94,7 +101,7 @@ impl StreamObservation {
                 // reading them as chunks would turn a keep-alive into a parse failure.
                 Some(_) => continue,
             }
-            let chunk: StreamChunk = match serde_json::from_str(&ev.data) {
+            let chunk: ChunkView<'_> = match serde_json::from_str(&ev.data) {
                 Ok(c) => c,
                 Err(e) => {
                     self.error.get_or_insert_with(|| {
@@ -112,27 +119,124 @@ impl StreamObservation {
             if let Some(u) = chunk.usage {
                 self.usage = Some(u);
             }
-            let text = chunk.generated_text();
-            if text.is_empty() {
+            let start = self.text.len();
+            chunk.generated_text(&mut self.text);
+            if self.text.len() == start {
                 continue;
             }
-            let k = wire::tokens::count(&text).max(1) as u64;
-            match self.last_token {
+            let gap = self
+                .last_token
+                .map(|prev| ms(now.saturating_duration_since(prev)));
+            match gap {
                 None => self.first_token = Some(now),
-                Some(prev) => {
-                    let gap = ms(now.saturating_duration_since(prev));
-                    self.chunk_gaps_ms.push(gap);
-                    let per = gap / k as f64;
-                    self.itl_ms.extend(std::iter::repeat_n(per, k as usize));
-                }
+                Some(g) => self.chunk_gaps_ms.push(g),
             }
-            if self.first_content.is_none() && !chunk.content_text().is_empty() {
+            if self.first_content.is_none() && chunk.has_content() {
                 self.first_content = Some(now);
             }
             self.last_token = Some(now);
-            self.counted_tokens += k;
-            self.text.push_str(&text);
+            self.chunks.push((gap, start, self.text.len()));
         }
+    }
+
+    /// Counts the tokens of each chunk and splits every chunk gap into per-token ITLs (a chunk
+    /// of k tokens after a gap g gives k ITLs of g/k). When the server's usage says there were
+    /// exactly as many tokens as text chunks, every chunk carried one token (each carries at
+    /// least one) and the tokenizer is not needed; its counts would only be an estimate of the
+    /// server's. Otherwise each chunk is counted with the tokenizer.
+    pub fn finish(&mut self) {
+        let one_each = self
+            .usage
+            .as_ref()
+            .is_some_and(|u| u.completion_tokens == self.chunks.len() as u64);
+        self.itl_ms.clear();
+        self.counted_tokens = 0;
+        for &(gap, start, end) in &self.chunks {
+            let k = if one_each {
+                1
+            } else {
+                wire::tokens::count(&self.text[start..end]).max(1) as u64
+            };
+            if let Some(g) = gap {
+                let per = g / k as f64;
+                self.itl_ms.extend(std::iter::repeat_n(per, k as usize));
+            }
+            self.counted_tokens += k;
+        }
+    }
+}
+
+/// The parts of a stream chunk the load generator reads, borrowing its strings from the
+/// event's text unless a JSON escape forces a copy. Parsing `wire::openai::StreamChunk`, which
+/// owns every field, was a visible share of the per-request cost at ~90k requests/s. Field
+/// meanings are the same as there.
+#[derive(Deserialize)]
+struct ChunkView<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChoiceView<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<DeltaView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaView<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<serde_json::Value>,
+}
+
+impl ChunkView<'_> {
+    /// Appends the text generated in this chunk on any channel (completion text, content,
+    /// reasoning, tool-call arguments) to `out`.
+    fn generated_text(&self, out: &mut String) {
+        for c in &self.choices {
+            if let Some(t) = &c.text {
+                out.push_str(t);
+            }
+            let Some(d) = &c.delta else { continue };
+            for part in [&d.content, &d.reasoning_content, &d.reasoning]
+                .into_iter()
+                .flatten()
+            {
+                out.push_str(part);
+            }
+            if let Some(serde_json::Value::Array(calls)) = &d.tool_calls {
+                for call in calls {
+                    if let Some(a) = call
+                        .pointer("/function/arguments")
+                        .and_then(serde_json::Value::as_str)
+                    {
+                        out.push_str(a);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the content channel (or completion text) carries any text.
+    fn has_content(&self) -> bool {
+        self.choices.iter().any(|c| {
+            c.text.as_ref().is_some_and(|t| !t.is_empty())
+                || c.delta
+                    .as_ref()
+                    .and_then(|d| d.content.as_ref())
+                    .is_some_and(|t| !t.is_empty())
+        })
     }
 }
 
@@ -144,23 +248,61 @@ fn truncate(s: &str) -> String {
     out
 }
 
+/// The HTTP clients a run sends with: the lean [`crate::http1`] client for plain `http://`
+/// targets, reqwest for everything else (TLS, and any target when the environment configures
+/// a proxy, which reqwest honours). Cheap to clone.
+#[derive(Clone)]
+pub struct HttpClient {
+    reqwest: reqwest::Client,
+    plain: Option<crate::http1::Client>,
+}
+
+impl HttpClient {
+    /// Both clients, with the plain one disabled when a proxy variable is set.
+    pub fn new() -> Result<Self, String> {
+        let proxied = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+        Self::build(!proxied)
+    }
+
+    /// Only reqwest, whatever the URL (to compare the two paths).
+    pub fn reqwest_only() -> Result<Self, String> {
+        Self::build(false)
+    }
+
+    fn build(plain: bool) -> Result<Self, String> {
+        let reqwest = reqwest::Client::builder()
+            .pool_max_idle_per_host(4096)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            reqwest,
+            plain: plain.then(crate::http1::Client::new),
+        })
+    }
+}
+
 /// Sends the request at once (the caller has waited for its intended time) and measures it.
-pub async fn execute(client: &reqwest::Client, spec: RequestSpec) -> RequestRecord {
+pub async fn execute(client: &HttpClient, spec: RequestSpec) -> RequestRecord {
     execute_observed(client, spec).await.0
 }
 
 /// As [`execute`], also returning what was observed on the stream (its exact text, for tests
 /// and for callers that want the generated output).
 pub async fn execute_observed(
-    client: &reqwest::Client,
-    spec: RequestSpec,
+    client: &HttpClient,
+    mut spec: RequestSpec,
 ) -> (RequestRecord, StreamObservation) {
     let actual = Instant::now();
+    // The record takes the spec's names (the send needs only its URL, key and body).
     let mut rec = RequestRecord {
         id: spec.id,
-        tenant: spec.tenant.clone(),
-        group: spec.group.clone(),
-        model: spec.model.clone(),
+        tenant: std::mem::take(&mut spec.tenant),
+        group: std::mem::take(&mut spec.group),
+        model: std::mem::take(&mut spec.model),
         outcome: Outcome::ServerError,
         status: 0,
         warmup: spec.warmup,
@@ -215,6 +357,7 @@ pub async fn execute_observed(
             Outcome::Ok
         };
     }
+    obs.finish();
     // Token counts are recorded for failures too (they were delivered and billed).
     match obs.usage {
         Some(u) => {
@@ -242,6 +385,74 @@ pub async fn execute_observed(
 
 /// Sends and reads; `Err(())` means `rec` already holds the failure.
 async fn send_and_read(
+    client: &HttpClient,
+    spec: &RequestSpec,
+    rec: &mut RequestRecord,
+    obs: &mut StreamObservation,
+) -> Result<(), ()> {
+    match &client.plain {
+        Some(plain) if spec.url.starts_with("http://") => {
+            send_and_read_plain(plain, spec, rec, obs).await
+        }
+        // Boxed: reqwest's futures are large, and every request task would otherwise carry
+        // (and copy when spawned) room for them even on the plain path.
+        _ => Box::pin(send_and_read_reqwest(&client.reqwest, spec, rec, obs)).await,
+    }
+}
+
+/// [`send_and_read`] over the lean HTTP/1.1 client.
+async fn send_and_read_plain(
+    client: &crate::http1::Client,
+    spec: &RequestSpec,
+    rec: &mut RequestRecord,
+    obs: &mut StreamObservation,
+) -> Result<(), ()> {
+    let req = crate::http1::Request {
+        url: &spec.url,
+        body: &spec.body,
+        bearer: spec.api_key.as_deref(),
+        request_id: spec.id,
+    };
+    let mut resp = match client.post(&req).await {
+        Ok(r) => r,
+        Err(e) => {
+            rec.outcome = Outcome::ServerError;
+            rec.error = Some(format!("request failed: {e}"));
+            return Err(());
+        }
+    };
+    rec.status = resp.status;
+    if !(200..300).contains(&resp.status) {
+        let body = resp
+            .read_to_limit(ERROR_BODY_LIMIT)
+            .await
+            .unwrap_or_default();
+        let (outcome, message) = classify_error(resp.status, &body);
+        rec.outcome = outcome;
+        rec.error = Some(message);
+        return Err(());
+    }
+    let mut parser = SseParser::new();
+    loop {
+        match resp.next_bytes().await {
+            Ok(Some((bytes, at))) => obs.observe(&mut parser, &bytes, at),
+            Ok(None) => break,
+            // After `[DONE]` the stream has said everything (as in the reqwest path).
+            Err(_) if obs.saw_done => break,
+            Err(e) => {
+                rec.error = Some(format!("connection error mid-stream: {e}"));
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How much of an error response's body is kept to classify it.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// [`send_and_read`] over reqwest.
+async fn send_and_read_reqwest(
     client: &reqwest::Client,
     spec: &RequestSpec,
     rec: &mut RequestRecord,
@@ -357,11 +568,37 @@ mod tests {
             t0 + Duration::from_millis(440),
         );
         o.observe(&mut p, b"data: [DONE]\n\n", t0 + Duration::from_millis(441));
+        o.finish();
         assert_eq!(o.first_token, Some(t0 + Duration::from_millis(400)));
         assert_eq!(o.itl_ms, vec![20.0, 20.0]);
         assert_eq!(o.chunk_gaps_ms, vec![40.0]);
         assert_eq!(o.counted_tokens, 3);
         assert!(o.saw_done);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_equal_to_the_chunk_count_means_one_token_per_chunk() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let usage = |n: u64| {
+            format!(
+                "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\n",
+                n + 5
+            )
+        };
+        // " the cat" is two tokens to the client's tokenizer, but the server says the three
+        // chunks were three tokens: its count wins, one ITL per chunk gap.
+        for (reported, itls) in [(3_u64, vec![10.0, 30.0]), (4, vec![10.0, 15.0, 15.0])] {
+            let mut p = SseParser::new();
+            let mut o = StreamObservation::default();
+            o.observe(&mut p, chunk("a").as_bytes(), at(100));
+            o.observe(&mut p, chunk(" dog").as_bytes(), at(110));
+            o.observe(&mut p, chunk(" the cat").as_bytes(), at(140));
+            o.observe(&mut p, usage(reported).as_bytes(), at(141));
+            o.finish();
+            assert_eq!(o.itl_ms, itls, "usage {reported}");
+            assert_eq!(o.chunk_gaps_ms, vec![10.0, 30.0]);
+        }
     }
 
     #[test]

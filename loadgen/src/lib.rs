@@ -6,6 +6,7 @@
 //! - [`schedule`] merges every tenant's arrivals into one time-ordered, seeded plan;
 //! - [`prompt`] synthesises prompts of an exact token count;
 //! - [`client`] sends one streaming request and measures it from its intended send time;
+//! - [`http1`] is the lean HTTP/1.1 client [`client`] uses for plain `http://` targets;
 //! - [`stack`] brings up the embedded stack (simulated vLLM engines + the router);
 //! - [`run`] ties these together; [`check`] validates without binding a port.
 
@@ -13,6 +14,7 @@ pub mod check;
 pub mod client;
 pub mod distribution;
 pub mod error;
+pub mod http1;
 pub mod prompt;
 pub mod run;
 pub mod scenario;

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{RequestSpec, execute};
+use crate::client::{HttpClient, RequestSpec, execute};
 use crate::error::RunError;
 use crate::prompt::{ChatBody, system_prompt};
 use crate::scenario::Scenario;
@@ -104,12 +104,7 @@ pub async fn drive(
     shutdown: &CancellationToken,
 ) -> Result<Driven, RunError> {
     let schedule::Plan { open, mut users } = schedule::build_plan(s);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(4096)
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| RunError::Client(e.to_string()))?;
+    let client = HttpClient::new().map_err(RunError::Client)?;
     let url = format!("{}/chat/completions", target.base_url.trim_end_matches('/'));
     let systems: Vec<Arc<str>> = s
         .tenants
@@ -307,7 +302,7 @@ fn request_spec(
         text_seed: p.text_seed,
         ignore_eos: s.ignore_eos,
     }
-    .to_json();
+    .to_bytes();
     RequestSpec {
         id: p.id,
         tenant: t.id.clone(),
@@ -316,7 +311,7 @@ fn request_spec(
         warmup: p.at_s < s.warmup_s,
         url: url.to_string(),
         api_key: target.keys.get(p.tenant).cloned().flatten(),
-        body: bytes::Bytes::from(body.to_string()),
+        body: bytes::Bytes::from(body),
         planned_prompt_tokens: p.prompt_tokens,
         t0,
         intended,

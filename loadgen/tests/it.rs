@@ -18,3 +18,6 @@ mod outcomes;
 
 #[path = "it/scenario_cases.rs"]
 mod scenario_cases;
+
+#[path = "it/http1.rs"]
+mod http1;

@@ -97,8 +97,7 @@ impl SseParser {
                     out.push(ev);
                 }
             } else {
-                let line = self.buf[line_start..line_end].to_vec();
-                self.field(&line);
+                field(&mut self.pending, &self.buf[line_start..line_end]);
             }
         }
         // Compact: drop bytes of dispatched blocks so the buffer does not grow without bound.
@@ -115,36 +114,16 @@ impl SseParser {
         self.buf.len()
     }
 
-    fn field(&mut self, line: &[u8]) {
-        if line.first() == Some(&b':') {
-            return; // comment, e.g. `: keep-alive`
-        }
-        let (name, value) = match line.iter().position(|b| *b == b':') {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &b""[..]),
-        };
-        let value = String::from_utf8_lossy(value);
-        match name {
-            b"data" => match &mut self.pending.data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(&value);
-                }
-                None => self.pending.data = Some(value.into_owned()),
-            },
-            b"event" => self.pending.event = Some(value.into_owned()),
-            b"id" => self.pending.id = Some(value.into_owned()),
-            b"retry" => self.pending.retry_ms = value.trim().parse().ok(),
-            _ => {}
-        }
-    }
-
     fn dispatch(&mut self) -> Option<SseEvent> {
-        let raw = Bytes::copy_from_slice(&self.buf[self.block_start..self.scanned]);
-        self.block_start = self.scanned;
+        // The block's bytes leave the buffer without a copy (the parser keeps only what
+        // follows them).
+        let raw = self
+            .buf
+            .split_to(self.scanned)
+            .freeze()
+            .slice(self.block_start..);
+        self.scanned = 0;
+        self.block_start = 0;
         let block = std::mem::take(&mut self.pending);
         if block.data.is_none()
             && block.event.is_none()
@@ -165,6 +144,34 @@ impl SseParser {
             retry_ms: block.retry_ms,
             raw,
         })
+    }
+}
+
+/// Applies one non-empty line of a block to the pending block.
+fn field(pending: &mut PendingBlock, line: &[u8]) {
+    if line.first() == Some(&b':') {
+        return; // comment, e.g. `: keep-alive`
+    }
+    let (name, value) = match line.iter().position(|b| *b == b':') {
+        Some(i) => {
+            let v = &line[i + 1..];
+            (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+        }
+        None => (line, &b""[..]),
+    };
+    let value = String::from_utf8_lossy(value);
+    match name {
+        b"data" => match &mut pending.data {
+            Some(d) => {
+                d.push('\n');
+                d.push_str(&value);
+            }
+            None => pending.data = Some(value.into_owned()),
+        },
+        b"event" => pending.event = Some(value.into_owned()),
+        b"id" => pending.id = Some(value.into_owned()),
+        b"retry" => pending.retry_ms = value.trim().parse().ok(),
+        _ => {}
     }
 }
 

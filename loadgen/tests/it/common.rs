@@ -209,11 +209,8 @@ pub fn spec(addr: SocketAddr) -> loadgen::client::RequestSpec {
     }
 }
 
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .unwrap_or_else(|e| panic!("client: {e}"))
+pub fn client() -> loadgen::client::HttpClient {
+    loadgen::client::HttpClient::new().unwrap_or_else(|e| panic!("client: {e}"))
 }
 
 static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -237,8 +234,42 @@ pub async fn replay_with(
     adjust: impl FnOnce(&mut loadgen::client::RequestSpec),
 ) -> (reports::RequestRecord, loadgen::client::StreamObservation) {
     let _guard = exclusive().await;
-    let addr = serve(vec![script], 1).await;
-    let mut spec = spec(addr);
-    adjust(&mut spec);
-    loadgen::client::execute_observed(&client(), spec).await
+    // Every script runs through both send paths (the plain HTTP/1.1 client and reqwest), which
+    // must agree on everything but the exact microseconds.
+    let addr = serve(vec![script.clone()], 1).await;
+    let mut plain_spec = spec(addr);
+    adjust(&mut plain_spec);
+    let mut reqwest_spec = plain_spec.clone();
+    let plain = loadgen::client::execute_observed(&client(), plain_spec).await;
+    reqwest_spec.url = format!(
+        "http://{}/v1/chat/completions",
+        serve(vec![script], 1).await
+    );
+    let now = Instant::now();
+    reqwest_spec.t0 = now;
+    reqwest_spec.intended = now;
+    let other =
+        loadgen::client::HttpClient::reqwest_only().unwrap_or_else(|e| panic!("client: {e}"));
+    let via_reqwest = loadgen::client::execute_observed(&other, reqwest_spec).await;
+    let (a, b) = (&plain.0, &via_reqwest.0);
+    assert_eq!(
+        (
+            a.outcome,
+            a.status,
+            a.output_tokens,
+            a.itl_ms.len(),
+            &plain.1.text
+        ),
+        (
+            b.outcome,
+            b.status,
+            b.output_tokens,
+            b.itl_ms.len(),
+            &via_reqwest.1.text
+        ),
+        "the plain client and reqwest disagree ({:?} / {:?})",
+        a.error,
+        b.error
+    );
+    plain
 }
