@@ -287,6 +287,7 @@ fn engine_config(a: &MockVllmArgs) -> anyhow::Result<mocks::EngineConfig> {
         model,
         precision,
         served_model_name: a.served_model_name.first().cloned(),
+        served_model_aliases: a.served_model_name.iter().skip(1).cloned().collect(),
         enable_lora: a.enable_lora,
         lora_modules,
         max_loras: a.max_loras,

@@ -24,7 +24,7 @@ pub enum ScenarioError {
 pub enum RunError {
     #[error(transparent)]
     Scenario(#[from] ScenarioError),
-    #[error("the engines do not fit their GPUs: {0}")]
+    #[error("not enough GPU memory: {0}")]
     Capacity(String),
     #[error("could not start the simulated vLLM engine `{engine}`: {message}")]
     Engine { engine: String, message: String },

@@ -76,8 +76,12 @@ pub struct EngineConfig {
     pub model: String,
     /// Weight precision (`bf16`, `fp16`, `fp8`, `awq`, `gptq`, `w4a16`, `nvfp4`).
     pub precision: String,
-    /// `--served-model-name`; default: `model` as given.
+    /// `--served-model-name` (its first value); default: `model` as given. Responses and
+    /// metrics report this name.
     pub served_model_name: Option<String>,
+    /// Further `--served-model-name` values: vLLM accepts every name given there as the base
+    /// model (each is listed in `/v1/models`), so these are aliases of `served_model_name`.
+    pub served_model_aliases: Vec<String>,
     /// `--enable-lora`.
     pub enable_lora: bool,
     /// `--lora-modules`.
@@ -116,6 +120,7 @@ impl Default for EngineConfig {
             model: "mistral-7b-instruct".into(),
             precision: "bf16".into(),
             served_model_name: None,
+            served_model_aliases: Vec::new(),
             enable_lora: false,
             lora_modules: Vec::new(),
             max_loras: 1,
@@ -140,7 +145,10 @@ pub struct EngineSpec {
     pub model: Model,
     pub precision: Precision,
     pub tuning: StepTuning,
+    /// The first served name: the one responses and metrics report.
     pub served_model_name: String,
+    /// Every name the base model answers to, `served_model_name` first, without repeats.
+    pub served_model_names: Vec<String>,
     pub enable_lora: bool,
     pub lora_modules: Vec<LoraModule>,
     pub max_loras: u32,
@@ -204,6 +212,15 @@ impl EngineConfig {
                 ));
             }
             let r = m.rank_or_default();
+            if r == 0 {
+                return Err(SimError::config(
+                    "lora_modules",
+                    format!(
+                        "LoRA rank of adapter `{}` must be at least 1, got 0",
+                        m.name
+                    ),
+                ));
+            }
             if r > self.max_lora_rank {
                 return Err(SimError::config(
                     "lora_modules",
@@ -258,14 +275,32 @@ impl EngineConfig {
             .clone()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| self.model.clone());
-        if self
+        let mut served_model_names = vec![served_model_name.clone()];
+        for alias in &self.served_model_aliases {
+            if alias.is_empty() {
+                return Err(SimError::config(
+                    "served_model_name",
+                    "a served model name must not be empty",
+                ));
+            }
+            if !served_model_names.contains(alias) {
+                served_model_names.push(alias.clone());
+            }
+        }
+        // Every served name is the base model's, so an adapter under one of them could never be
+        // reached.
+        if let Some(m) = self
             .lora_modules
             .iter()
-            .any(|m| m.name == served_model_name)
+            .find(|m| served_model_names.contains(&m.name))
         {
             return Err(SimError::config(
                 "lora_modules",
-                "an adapter may not share the served model name",
+                format!(
+                    "adapter name `{}` is a served model name; an adapter may not share the \
+                     base model's names",
+                    m.name
+                ),
             ));
         }
         Ok(EngineSpec {
@@ -274,6 +309,7 @@ impl EngineConfig {
             precision,
             tuning,
             served_model_name,
+            served_model_names,
             enable_lora: self.enable_lora,
             lora_modules: self.lora_modules.clone(),
             max_loras: self.max_loras,

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +72,21 @@ pub(crate) struct Core {
     next_seq: SeqId,
     pub request_counter: u64,
     pub metrics: ServerMetrics,
+    /// Runtime adapter loads in progress (`/v1/load_lora_adapter` waits out the disk load
+    /// before registering), by adapter name. Reserved under this lock together with the
+    /// registry check, so two concurrent loads of one name cannot both pass the check.
+    pub adapter_loads: HashMap<String, AdapterLoad>,
+    /// Identifies each reservation, so a finished load removes only its own entry.
+    pub next_adapter_load: u64,
+}
+
+/// One runtime adapter load in progress.
+pub(crate) struct AdapterLoad {
+    pub id: u64,
+    pub path: String,
+    /// Closed when the load ends (registered, or abandoned because its client went away), so
+    /// concurrent calls for the same name can wait for the outcome and then decide.
+    pub done: watch::Receiver<()>,
 }
 
 /// State shared by the driver task and the HTTP handlers.
@@ -143,6 +158,8 @@ impl Shared {
                 next_seq: 0,
                 request_counter: 0,
                 metrics: ServerMetrics::default(),
+                adapter_loads: HashMap::new(),
+                next_adapter_load: 0,
             }),
             notify: Notify::new(),
             timelines: Mutex::new(Vec::new()),

@@ -27,6 +27,7 @@ pub mod kv_cache;
 pub mod lora;
 pub mod memory;
 pub mod metrics;
+mod request;
 mod responses;
 mod server;
 pub mod timeline;
@@ -41,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{EngineConfig, EngineSpec, LoraModule};
 pub use error::SimError;
 pub use memory::{MemoryNeeds, MemoryPlan, memory_needs, plan_memory, plan_shared_gpu};
-pub use server::VLLM_VERSION;
+pub use server::{MAX_REQUEST_BODY_BYTES, VLLM_VERSION};
 pub use timeline::RequestTimeline;
 
 use driver::Shared;

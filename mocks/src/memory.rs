@@ -283,10 +283,13 @@ pub fn plan_shared_gpu(engines: &[EngineConfig]) -> Result<Vec<MemoryPlan>, SimE
             .join("; ")
     };
     if min_sum > total {
+        let (engines, need) = match specs.len() {
+            1 => ("1 engine does not".to_string(), "it needs"),
+            n => (format!("{n} engines do not"), "together they need"),
+        };
         return Err(SimError::DoesNotFit(format!(
-            "{} engines do not fit on one {} ({:.2} GiB): together they need at least {:.2} GiB, \
-             {:.2} GiB more than the GPU has. {}",
-            specs.len(),
+            "{engines} fit on one {} ({:.2} GiB): {need} at least {:.2} GiB, {:.2} GiB more than \
+             the GPU has. {}",
             first.gpu.id,
             gib(total),
             gib(min_sum),

@@ -8,6 +8,9 @@
 //! `finish_reason`, as vLLM sends it), the usage chunk with `choices: []` when
 //! `stream_options.include_usage` is set, and `data: [DONE]`. Dropping the body (the client went
 //! away) drops the request's abort guard, which frees its sequences and KV blocks.
+//!
+//! Anything axum answers on its own is given FastAPI's or vLLM's body too: unknown paths and
+//! wrong methods get `{"detail": …}`, an over-long body a JSON error.
 
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -15,27 +18,37 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio::time::Instant;
-use wire::openai::{ChatRequest, CompletionRequest, ErrorBody, Prompt, Usage, parse_body};
+use wire::openai::{
+    ChatRequest, CompletionRequest, ErrorBody, Prompt, Usage, parse_body, parse_value,
+};
 use wire::sse::{data_event, done_event};
 use wire::tokens;
 
 use crate::detokenizer::{Detokenizer, TokenSource, token_bytes};
-use crate::driver::{SeqSpec, Shared, Submission, TokenEvent};
+use crate::driver::{AdapterLoad, Core, SeqSpec, Shared, Submission, TokenEvent};
 use crate::kv_cache::{PromptSegment, block_hashes};
 use crate::lora::Adapter;
+use crate::request::{Endpoint, Fields, take_fields, usage_flags};
 use crate::responses::*;
 use crate::timeline::RequestTimeline;
 
 /// The vLLM release whose API the simulator follows (reported by `/version`).
 pub const VLLM_VERSION: &str = "0.12.0";
+
+/// The largest request body the server reads. vLLM (FastAPI) sets no limit of its own, and
+/// long-context prompts are megabytes of JSON, so this only stops a runaway client; axum's
+/// default of 2 MB would refuse requests vLLM serves.
+pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// An error response in vLLM's shape.
 pub(crate) struct ApiError {
@@ -66,6 +79,7 @@ impl ApiError {
         match self.status {
             StatusCode::BAD_REQUEST => "BadRequestError",
             StatusCode::NOT_FOUND => "NotFoundError",
+            StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLargeError",
             StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailableError",
             _ => "InternalServerError",
         }
@@ -113,14 +127,35 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             .route("/v1/load_lora_adapter", post(load_lora))
             .route("/v1/unload_lora_adapter", post(unload_lora));
     }
-    r.fallback(|| async {
-        (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "application/json")],
-            r#"{"detail":"Not Found"}"#,
-        )
+    // FastAPI's bodies for what its router refuses (axum's own are empty); axum still adds
+    // the `Allow` header to a 405, as Starlette does.
+    r.fallback(|| async { detail(StatusCode::NOT_FOUND, r#"{"detail":"Not Found"}"#) })
+        .method_not_allowed_fallback(|| async {
+            detail(
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"detail":"Method Not Allowed"}"#,
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
+        .with_state(shared)
+}
+
+fn detail(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The request body, or the refusal in vLLM's error shape (axum's own is plain text).
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "The request body is larger than this server accepts ({MAX_REQUEST_BODY_BYTES} \
+                 bytes)."
+            ),
+        ),
+        status => ApiError::new(status, e.body_text()),
     })
-    .with_state(shared)
 }
 
 async fn health() -> StatusCode {
@@ -183,18 +218,25 @@ fn permission(created: u64, n: u64) -> ModelPermission {
 async fn models(State(s): State<Arc<Shared>>) -> Response {
     let created = s.created;
     let base = s.spec.served_model_name.clone();
-    let mut data = vec![ModelCardOut {
-        id: base.clone(),
-        object: "model",
-        created,
-        owned_by: "vllm",
-        root: s.spec.model.hf_id.clone(),
-        parent: None,
-        max_model_len: Some(s.spec.max_model_len),
-        permission: vec![permission(created, 0)],
-    }];
+    // One card per served name, as vLLM's `show_available_models` lists every base model
+    // path; adapters name the first as their parent.
+    let mut data: Vec<ModelCardOut> = s
+        .spec
+        .served_model_names
+        .iter()
+        .map(|name| ModelCardOut {
+            id: name.clone(),
+            object: "model",
+            created,
+            owned_by: "vllm",
+            root: s.spec.model.hf_id.clone(),
+            parent: None,
+            max_model_len: Some(s.spec.max_model_len),
+            permission: Vec::new(),
+        })
+        .collect();
     let adapters: Vec<Adapter> = s.lock_core().engine.adapters().list().cloned().collect();
-    for (i, a) in adapters.into_iter().enumerate() {
+    for a in adapters {
         data.push(ModelCardOut {
             id: a.name,
             object: "model",
@@ -203,8 +245,11 @@ async fn models(State(s): State<Arc<Shared>>) -> Response {
             root: a.path,
             parent: Some(base.clone()),
             max_model_len: None,
-            permission: vec![permission(created, i as u64 + 1)],
+            permission: Vec::new(),
         });
+    }
+    for (i, card) in data.iter_mut().enumerate() {
+        card.permission = vec![permission(created, i as u64)];
     }
     json_response(
         StatusCode::OK,
@@ -215,9 +260,14 @@ async fn models(State(s): State<Arc<Shared>>) -> Response {
     )
 }
 
-/// Resolves the requested model name to (adapter, rank) or 404.
+/// Whether `name` is one of the base model's served names.
+fn is_base_name(s: &Shared, name: &str) -> bool {
+    s.spec.served_model_names.iter().any(|n| n == name)
+}
+
+/// Resolves the requested model name to its adapter (`None` for the base model) or 404.
 fn resolve_model(s: &Shared, model: &str) -> Result<Option<String>, ApiError> {
-    if model == s.spec.served_model_name {
+    if is_base_name(s, model) {
         return Ok(None);
     }
     if s.spec.enable_lora && s.lock_core().engine.adapters().get(model).is_some() {
@@ -237,6 +287,8 @@ fn hash_of<T: Hash>(v: T) -> u64 {
 /// A request ready for the engine.
 struct Plan {
     request_id: String,
+    /// The `model` of the response: the adapter's name, or for the base model its first
+    /// served name whichever alias the request used (vLLM's `OpenAIServingModels.model_name`).
     model: String,
     lora: Option<String>,
     /// (prompt tokens, prompt segments) per prompt.
@@ -245,31 +297,15 @@ struct Plan {
     max_tokens: u32,
     stream: bool,
     include_usage: bool,
+    /// `stream_options.continuous_usage_stats` (with `include_usage`): usage on every chunk.
+    continuous_usage: bool,
     seed: u64,
     /// Token bytes of the `mock_output_text` extension, when the request gave one.
     output_tokens: Option<Arc<Vec<Vec<u8>>>>,
 }
 
-/// Simulator extension fields of a request body (other fields are wire's business).
-#[derive(Deserialize, Default)]
-struct Extensions {
-    /// Every choice generates this text (cl100k tokens, repeated up to `max_tokens`).
-    #[serde(default)]
-    mock_output_text: Option<String>,
-}
-
-fn output_tokens(body: &[u8]) -> Result<Option<Arc<Vec<Vec<u8>>>>, ApiError> {
-    let ext: Extensions = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(
-            format!("mock_output_text: {e}"),
-            Some("mock_output_text".into()),
-        )
-    })?;
-    Ok(ext
-        .mock_output_text
-        .as_deref()
-        .and_then(token_bytes)
-        .map(Arc::new))
+fn output_tokens(text: Option<&str>) -> Option<Arc<Vec<Vec<u8>>>> {
+    text.and_then(token_bytes).map(Arc::new)
 }
 
 fn request_id(s: &Shared, headers: &HeaderMap, number: u64) -> String {
@@ -284,11 +320,36 @@ fn request_id(s: &Shared, headers: &HeaderMap, number: u64) -> String {
         })
 }
 
-/// vLLM's context-length check, and its default for an absent `max_tokens`.
+/// Parses a request body: the fields of [`crate::request`] first, then `wire`'s type for the
+/// rest. `model` is optional, as in vLLM 0.12: absent, null or empty means the base model.
+fn parse_request<T: serde::de::DeserializeOwned>(
+    s: &Shared,
+    body: &[u8],
+    endpoint: Endpoint,
+) -> Result<(T, Fields), ApiError> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Request body is not valid JSON: {e}"), None))?;
+    let fields = take_fields(&mut value, endpoint, s.spec.max_num_seqs).map_err(field_error)?;
+    if let Some(obj) = value.as_object_mut() {
+        let unnamed = match obj.get("model") {
+            None | Some(serde_json::Value::Null) => true,
+            Some(serde_json::Value::String(m)) => m.is_empty(),
+            Some(_) => false,
+        };
+        if unnamed {
+            obj.insert("model".into(), s.spec.served_model_name.clone().into());
+        }
+    }
+    let req = parse_value::<T>(value).map_err(field_error)?;
+    Ok((req, fields))
+}
+
+/// vLLM's context-length check, and its default for an absent `max_tokens`. `requested` is
+/// as large as the client sent it: comparing in u128 means no value wraps into range.
 fn check_context(
     s: &Shared,
     prompt: u32,
-    requested: Option<u32>,
+    requested: Option<u128>,
     where_: &str,
 ) -> Result<u32, ApiError> {
     let limit = s.spec.max_model_len;
@@ -301,28 +362,34 @@ fn check_context(
             None,
         ));
     }
-    let max_tokens = requested.unwrap_or_else(|| s.spec.default_max_tokens.min(limit - prompt));
-    if u64::from(prompt) + u64::from(max_tokens) > u64::from(limit) {
+    let max_tokens =
+        requested.unwrap_or_else(|| u128::from(s.spec.default_max_tokens.min(limit - prompt)));
+    let total = u128::from(prompt).saturating_add(max_tokens);
+    if total > u128::from(limit) {
         return Err(ApiError::bad_request(
             format!(
                 "This model's maximum context length is {limit} tokens. However, you requested \
-                 {} tokens ({prompt} in the {where_}, {max_tokens} in the completion). Please \
-                 reduce the length of the {where_} or completion.",
-                u64::from(prompt) + u64::from(max_tokens)
+                 {total} tokens ({prompt} in the {where_}, {max_tokens} in the completion). \
+                 Please reduce the length of the {where_} or completion."
             ),
             None,
         ));
     }
-    Ok(max_tokens)
+    // Within `limit` by the check above, so it fits.
+    Ok(u32::try_from(max_tokens).unwrap_or(limit))
 }
 
 fn field_error(e: wire::openai::FieldError) -> ApiError {
     ApiError::bad_request(e.message, e.param)
 }
 
-async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let arrival = Instant::now();
-    let plan = match plan_chat(&s, &headers, &body) {
+    let plan = match body_bytes(body).and_then(|b| plan_chat(&s, &headers, &b)) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -330,9 +397,9 @@ async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
 }
 
 fn plan_chat(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan, ApiError> {
-    let req = parse_body::<ChatRequest>(body)
-        .and_then(ChatRequest::validate)
-        .map_err(field_error)?;
+    let (req, fields) = parse_request::<ChatRequest>(s, body, Endpoint::Chat)?;
+    let so = fields.stream_options;
+    let req = req.validate().map_err(field_error)?;
     let lora = resolve_model(s, &req.model)?;
     let mut segments = Vec::with_capacity(req.messages.len() + 1);
     let mut prompt = 0u32;
@@ -350,28 +417,35 @@ fn plan_chat(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan, ApiEr
         id: hash_of("assistant-turn"),
         tokens: tokens::PER_CHAT_OVERHEAD as u32,
     });
-    let max_tokens = check_context(s, prompt, req.max_tokens, "messages")?;
-    let output_tokens = output_tokens(body)?;
+    let max_tokens = check_context(s, prompt, fields.max_tokens, "messages")?;
+    let (include_usage, continuous_usage) = usage_flags(req.stream, so.as_ref());
     let number = s.next_request_number();
     Ok(Plan {
         request_id: request_id(s, headers, number),
-        model: req.model,
+        model: lora
+            .clone()
+            .unwrap_or_else(|| s.spec.served_model_name.clone()),
         lora,
         prompts: vec![(prompt, segments)],
-        n: req.n,
+        n: fields.n,
         max_tokens,
         stream: req.stream,
-        include_usage: req.include_usage,
-        seed: req
+        include_usage,
+        continuous_usage,
+        seed: fields
             .seed
             .map_or_else(|| s.spec.seed.wrapping_add(number), |v| v as u64),
-        output_tokens,
+        output_tokens: output_tokens(fields.mock_output_text.as_deref()),
     })
 }
 
-async fn completions(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let arrival = Instant::now();
-    let plan = match plan_completion(&s, &headers, &body) {
+    let plan = match body_bytes(body).and_then(|b| plan_completion(&s, &headers, &b)) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -379,10 +453,9 @@ async fn completions(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 }
 
 fn plan_completion(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan, ApiError> {
-    // `max_tokens` absent means OpenAI's legacy default of 16; wire applies it.
-    let req = parse_body::<CompletionRequest>(body)
-        .and_then(CompletionRequest::validate)
-        .map_err(field_error)?;
+    let (req, fields) = parse_request::<CompletionRequest>(s, body, Endpoint::Completion)?;
+    let so = fields.stream_options;
+    let req = req.validate().map_err(field_error)?;
     let lora = resolve_model(s, &req.model)?;
     let one = |id: u64, t: usize| {
         (
@@ -405,7 +478,11 @@ fn plan_completion(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan,
             .map(|ids| one(hash_of((&lora, ids)), ids.len()))
             .collect(),
     };
-    let mut max_tokens = req.max_tokens;
+    // `max_tokens` absent means OpenAI's legacy default of 16.
+    let requested = fields
+        .max_tokens
+        .unwrap_or(u128::from(wire::openai::COMPLETIONS_DEFAULT_MAX_TOKENS));
+    let mut max_tokens = 0;
     for (p, _) in &prompts {
         if *p == 0 {
             return Err(ApiError::bad_request(
@@ -413,23 +490,37 @@ fn plan_completion(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Plan,
                 Some("prompt".into()),
             ));
         }
-        max_tokens = check_context(s, *p, Some(req.max_tokens), "prompt")?;
+        max_tokens = check_context(s, *p, Some(requested), "prompt")?;
     }
-    let output_tokens = output_tokens(body)?;
+    // Every choice is one sequence and carries a u32 index.
+    if u32::try_from(prompts.len())
+        .ok()
+        .and_then(|p| p.checked_mul(fields.n))
+        .is_none()
+    {
+        return Err(ApiError::bad_request(
+            "Too many prompts and choices in one request.",
+            Some("prompt".into()),
+        ));
+    }
+    let (include_usage, continuous_usage) = usage_flags(req.stream, so.as_ref());
     let number = s.next_request_number();
     Ok(Plan {
         request_id: request_id(s, headers, number),
-        model: req.model,
+        model: lora
+            .clone()
+            .unwrap_or_else(|| s.spec.served_model_name.clone()),
         lora,
         prompts,
-        n: req.n,
+        n: fields.n,
         max_tokens,
         stream: req.stream,
-        include_usage: req.include_usage,
-        seed: req
+        include_usage,
+        continuous_usage,
+        seed: fields
             .seed
             .map_or_else(|| s.spec.seed.wrapping_add(number), |v| v as u64),
-        output_tokens,
+        output_tokens: output_tokens(fields.mock_output_text.as_deref()),
     })
 }
 
@@ -617,14 +708,31 @@ struct StreamState {
     completion: u64,
     prompt_total: u64,
     include_usage: bool,
+    /// Usage on every chunk (`continuous_usage_stats`), counted per choice as vLLM counts it:
+    /// the choice's prompt and the tokens that choice has generated so far.
+    continuous_usage: bool,
+    choice_prompt: Vec<u64>,
+    choice_tokens: Vec<u64>,
     pending: VecDeque<Bytes>,
     started: bool,
     ended: bool,
 }
 
 impl StreamState {
+    /// The running usage of one choice, when the request asked for it on every chunk.
+    fn choice_usage(&self, choice: u32) -> Option<Usage> {
+        if !self.continuous_usage {
+            return None;
+        }
+        let c = choice as usize;
+        let prompt = self.choice_prompt.get(c).copied().unwrap_or(0);
+        let generated = self.choice_tokens.get(c).copied().unwrap_or(0);
+        Some(Usage::new(prompt, generated))
+    }
+
     fn chunk(&self, choice: u32, text: &str, role: bool, finish: bool) -> Bytes {
         let finish_reason = finish.then_some("length");
+        let usage = self.choice_usage(choice);
         let json = match self.kind {
             Kind::Chat => serde_json::to_string(&ChatChunk {
                 id: &self.id,
@@ -641,7 +749,7 @@ impl StreamState {
                     finish_reason,
                     stop_reason: finish.then_some(None),
                 }],
-                usage: None,
+                usage,
             }),
             Kind::Completion => serde_json::to_string(&CompletionChunk {
                 id: &self.id,
@@ -655,7 +763,7 @@ impl StreamState {
                     finish_reason,
                     stop_reason: None,
                 }],
-                usage: None,
+                usage,
             }),
         };
         data_event(&json.unwrap_or_default())
@@ -692,6 +800,9 @@ impl StreamState {
         // One chunk per token, carrying the text that became complete with it (vLLM sends the
         // chunk even when that is empty).
         let c = ev.choice as usize;
+        if let Some(t) = self.choice_tokens.get_mut(c) {
+            *t += 1;
+        }
         let mut text = String::new();
         if let (Some(src), Some(d)) = (self.sources.get_mut(c), self.detoks.get_mut(c)) {
             text = d.push(src.next_token());
@@ -715,6 +826,11 @@ fn stream_response(
     choices: u32,
     prompt_total: u64,
 ) -> Response {
+    let choice_prompt: Vec<u64> = plan
+        .prompts
+        .iter()
+        .flat_map(|(p, _)| std::iter::repeat_n(u64::from(*p), plan.n as usize))
+        .collect();
     let state = StreamState {
         shared: s,
         created: unix_seconds(),
@@ -729,6 +845,9 @@ fn stream_response(
         completion: 0,
         prompt_total,
         include_usage: plan.include_usage,
+        continuous_usage: plan.continuous_usage,
+        choice_prompt,
+        choice_tokens: vec![0; choices as usize],
         pending: VecDeque::new(),
         started: false,
         ended: false,
@@ -800,74 +919,174 @@ fn text_ok(msg: String) -> Response {
         .into_response()
 }
 
-async fn load_lora(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
-    let req: LoadLora = match parse_body(&body) {
+async fn load_lora(State(s): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>) -> Response {
+    match load_adapter(&s, body).await {
         Ok(r) => r,
-        Err(e) => return field_error(e).into_response(),
-    };
+        Err(e) => e.into_response(),
+    }
+}
+
+/// What a load request finds when it looks at the registry and the loads in progress.
+enum LoadStep {
+    /// Nothing to do: the adapter is already loaded from this path.
+    Loaded,
+    /// Another load of this name is in progress: wait for it to end, then look again.
+    Wait(watch::Receiver<()>),
+    /// This request reserved the name and loads the adapter.
+    Load(Reservation),
+}
+
+/// A runtime adapter load in progress, reserved under the engine lock. Dropping it (the load
+/// finished, or its client went away mid-load) releases the name and wakes the calls that wait
+/// on it.
+struct Reservation {
+    shared: Arc<Shared>,
+    name: String,
+    id: u64,
+    _done: watch::Sender<()>,
+}
+
+impl Reservation {
+    /// Removes this reservation's entry (only its own: a later load of the name may hold one).
+    fn release(&self, core: &mut Core) {
+        if core
+            .adapter_loads
+            .get(&self.name)
+            .is_some_and(|l| l.id == self.id)
+        {
+            core.adapter_loads.remove(&self.name);
+        }
+    }
+
+    /// Registers the adapter and ends the reservation in one critical section, so a waiting
+    /// call that wakes up finds the adapter registered.
+    fn finish(self, adapter: Adapter) {
+        let mut core = self.shared.lock_core();
+        self.release(&mut core);
+        let ad = core.engine.adapters_mut();
+        ad.unregister(&adapter.name);
+        ad.register(adapter);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut core = self.shared.lock_core();
+        self.release(&mut core);
+    }
+}
+
+fn already_loaded(name: &str) -> ApiError {
+    ApiError::bad_request(
+        format!("The lora adapter '{name}' has already been loaded."),
+        None,
+    )
+}
+
+async fn load_adapter(
+    s: &Arc<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let req: LoadLora = parse_body(&body).map_err(field_error)?;
     let (Some(name), Some(path)) = (
         req.lora_name.filter(|n| !n.is_empty()),
         req.lora_path.filter(|p| !p.is_empty()),
     ) else {
-        return ApiError::bad_request("Both 'lora_name' and 'lora_path' must be provided.", None)
-            .into_response();
+        return Err(ApiError::bad_request(
+            "Both 'lora_name' and 'lora_path' must be provided.",
+            None,
+        ));
     };
-    if name == s.spec.served_model_name {
-        return ApiError::bad_request(
+    if is_base_name(s, &name) {
+        return Err(ApiError::bad_request(
             format!("The lora adapter '{name}' has the base model's name."),
             Some("lora_name".into()),
-        )
-        .into_response();
+        ));
     }
     let rank = req.rank.unwrap_or(crate::config::DEFAULT_ADAPTER_RANK);
+    if rank == 0 {
+        return Err(ApiError::bad_request(
+            "LoRA rank must be at least 1, got 0.",
+            Some("rank".into()),
+        ));
+    }
     if rank > s.spec.max_lora_rank {
-        return ApiError::bad_request(
+        return Err(ApiError::bad_request(
             format!(
                 "LoRA rank {rank} is greater than max_lora_rank {}.",
                 s.spec.max_lora_rank
             ),
-            None,
-        )
-        .into_response();
+            Some("rank".into()),
+        ));
     }
-    {
-        let core = s.lock_core();
-        if let Some(a) = core.engine.adapters().get(&name) {
-            // Loading the same adapter again is a no-op (idempotent); a different path under
-            // the same name needs `load_inplace`.
-            if a.path == path || req.load_inplace != Some(true) {
-                return if a.path == path {
-                    text_ok(format!(
-                        "Success: LoRA adapter '{name}' added successfully."
-                    ))
+    let inplace = req.load_inplace == Some(true);
+    let reservation = loop {
+        let step = {
+            let mut core = s.lock_core();
+            let loaded = core.engine.adapters().get(&name).map(|a| a.path == path);
+            if let Some(pending) = core.adapter_loads.get(&name) {
+                // The same load again waits for the first one and then succeeds with it; an
+                // in-place reload waits its turn; any other path loses to the first.
+                if pending.path == path || inplace {
+                    LoadStep::Wait(pending.done.clone())
                 } else {
-                    ApiError::bad_request(
-                        format!("The lora adapter '{name}' has already been loaded."),
-                        None,
-                    )
-                    .into_response()
-                };
+                    return Err(already_loaded(&name));
+                }
+            } else {
+                match loaded {
+                    // Loading the same adapter again is a no-op (idempotent).
+                    Some(true) => LoadStep::Loaded,
+                    // Another path under a loaded name needs `load_inplace`.
+                    Some(false) if !inplace => return Err(already_loaded(&name)),
+                    _ => {
+                        let id = core.next_adapter_load;
+                        core.next_adapter_load += 1;
+                        let (tx, rx) = watch::channel(());
+                        core.adapter_loads.insert(
+                            name.clone(),
+                            AdapterLoad {
+                                id,
+                                path: path.clone(),
+                                done: rx,
+                            },
+                        );
+                        LoadStep::Load(Reservation {
+                            shared: Arc::clone(s),
+                            name: name.clone(),
+                            id,
+                            _done: tx,
+                        })
+                    }
+                }
             }
+        };
+        match step {
+            LoadStep::Loaded => {
+                return Ok(text_ok(format!(
+                    "Success: LoRA adapter '{name}' added successfully."
+                )));
+            }
+            // Returns once the other load's reservation is dropped, whatever its outcome.
+            LoadStep::Wait(mut done) => {
+                let _ = done.changed().await;
+            }
+            LoadStep::Load(r) => break r,
         }
-    }
+    };
     // Reading the adapter from disk takes time; the engine keeps stepping meanwhile.
     let load_ms = crate::catalog::Catalog::get()
         .map(|c| c.lora.disk_load_ms)
         .unwrap_or(0.0);
     tokio::time::sleep(std::time::Duration::from_secs_f64(load_ms / 1e3)).await;
-    {
-        let mut core = s.lock_core();
-        let ad = core.engine.adapters_mut();
-        ad.unregister(&name);
-        ad.register(Adapter {
-            name: name.clone(),
-            path,
-            rank,
-        });
-    }
-    text_ok(format!(
+    reservation.finish(Adapter {
+        name: name.clone(),
+        path,
+        rank,
+    });
+    Ok(text_ok(format!(
         "Success: LoRA adapter '{name}' added successfully."
-    ))
+    )))
 }
 
 #[derive(Deserialize)]
@@ -875,7 +1094,14 @@ struct UnloadLora {
     lora_name: Option<String>,
 }
 
-async fn unload_lora(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn unload_lora(
+    State(s): State<Arc<Shared>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body_bytes(body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     let req: UnloadLora = match parse_body(&body) {
         Ok(r) => r,
         Err(e) => return field_error(e).into_response(),

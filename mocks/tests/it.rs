@@ -8,5 +8,7 @@ mod calibration;
 mod common;
 #[path = "it/memory.rs"]
 mod memory;
+#[path = "it/requests.rs"]
+mod requests;
 #[path = "it/timing.rs"]
 mod timing;

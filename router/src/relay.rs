@@ -13,58 +13,9 @@
 //! gone, stream cut), completion tokens are estimated as the number of chunks that carried
 //! generated text — vLLM streams one token per chunk — and marked as estimated.
 
-use std::borrow::Cow;
-
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use tokio::time::Instant;
-use wire::openai::Usage;
+use wire::openai::{ChunkView, Usage};
 use wire::sse::SseEvent;
-
-#[derive(Deserialize)]
-struct ChunkPeek<'a> {
-    #[serde(default, borrow)]
-    choices: Option<Vec<ChoicePeek<'a>>>,
-    #[serde(default)]
-    usage: Option<Usage>,
-    #[serde(default)]
-    error: Option<IgnoredAny>,
-    #[serde(default, borrow)]
-    object: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ChoicePeek<'a> {
-    #[serde(default, borrow)]
-    delta: Option<DeltaPeek<'a>>,
-    #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct DeltaPeek<'a> {
-    #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    reasoning_content: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    reasoning: Option<Cow<'a, str>>,
-    #[serde(default)]
-    tool_calls: Option<IgnoredAny>,
-}
-
-impl ChoicePeek<'_> {
-    fn generates(&self) -> bool {
-        let nonempty = |s: &Option<Cow<'_, str>>| s.as_deref().is_some_and(|s| !s.is_empty());
-        nonempty(&self.text)
-            || self.delta.as_ref().is_some_and(|d| {
-                nonempty(&d.content)
-                    || nonempty(&d.reasoning_content)
-                    || nonempty(&d.reasoning)
-                    || d.tool_calls.is_some()
-            })
-    }
-}
 
 /// What one stream has shown so far.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -93,22 +44,19 @@ impl Tally {
             self.saw_done = true;
             return true;
         }
-        let Ok(chunk) = serde_json::from_str::<ChunkPeek<'_>>(&ev.data) else {
+        let Ok(chunk) = serde_json::from_str::<ChunkView<'_>>(&ev.data) else {
             return true; // not ours to judge: forward unchanged
         };
-        if chunk.error.is_some() || chunk.object.as_deref() == Some("error") {
+        if chunk.is_error() {
             self.error_event = true;
         }
-        if let Some(choices) = &chunk.choices
-            && choices.iter().any(ChoicePeek::generates)
-        {
+        if chunk.generates() {
             self.token_chunks += 1;
             self.first_token.get_or_insert(now);
         }
         if let Some(u) = chunk.usage {
             self.usage = Some(u);
-            let usage_only = chunk.choices.as_ref().is_none_or(Vec::is_empty);
-            if strip_usage && usage_only {
+            if strip_usage && chunk.is_usage_only() {
                 self.withheld += 1;
                 return false;
             }

@@ -21,6 +21,9 @@ async fn mock_vllm_serves_the_base_model_and_adapters_with_vllms_flags() {
         "2",
         "--max-num-seqs",
         "64",
+        "--served-model-name",
+        "mistral-7b-instruct",
+        "chat-fast",
     ]);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -36,7 +39,10 @@ async fn mock_vllm_serves_the_base_model_and_adapters_with_vllms_flags() {
     let data = models["data"].as_array().cloned().unwrap_or_default();
     let ids: Vec<&str> = data.iter().filter_map(|m| m["id"].as_str()).collect();
     assert!(
-        ids.contains(&"mistral-7b-instruct") && ids.contains(&"acme") && ids.contains(&"globex"),
+        ids.contains(&"mistral-7b-instruct")
+            && ids.contains(&"chat-fast")
+            && ids.contains(&"acme")
+            && ids.contains(&"globex"),
         "{models}"
     );
     for m in &data {
@@ -57,6 +63,17 @@ async fn mock_vllm_serves_the_base_model_and_adapters_with_vllms_flags() {
     let text = resp.text().await.unwrap_or_default();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     assert!(text.contains("\"completion_tokens\":5"), "{text}");
+    // Every served name is the base model, as in vLLM; responses carry the first name.
+    let resp = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "chat-fast", "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status(), 200);
+    let reply: serde_json::Value = resp.json().await.unwrap_or_default();
+    assert_eq!(reply["model"], "mistral-7b-instruct", "{reply}");
     // Unknown model: vLLM's 404.
     let resp = client
         .post(format!("{base}/v1/chat/completions"))

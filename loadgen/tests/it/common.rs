@@ -125,7 +125,9 @@ pub async fn serve(scripts: Vec<Script>, connections: usize) -> SocketAddr {
     addr
 }
 
-async fn read_request(sock: &mut TcpStream) -> Option<()> {
+/// Reads one request (head and content-length body); returns its head, lower-cased, or `None`
+/// when the connection ends first.
+pub async fn read_request(sock: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 4096];
     loop {
@@ -148,7 +150,7 @@ async fn read_request(sock: &mut TcpStream) -> Option<()> {
                 }
                 buf.extend_from_slice(&tmp[..n]);
             }
-            return Some(());
+            return Some(head);
         }
     }
 }

@@ -4,37 +4,10 @@
 use std::time::Duration;
 
 use loadgen::http1::{Client, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 
-/// Reads one request (head and content-length body) from `sock`; `None` at end of stream.
-async fn read_request(sock: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = sock.read(&mut tmp).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&tmp[..n]);
-            }
-            return Some(head);
-        }
-        let n = sock.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
+use crate::common::read_request;
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
 
@@ -96,9 +69,9 @@ async fn sequential_requests_reuse_one_connection() {
     }
     let (accepted, heads) = server.await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(accepted, 1, "three requests, one connection");
-    assert!(heads[0].starts_with("POST /v1/chat/completions HTTP/1.1\r\n"));
+    assert!(heads[0].starts_with("post /v1/chat/completions http/1.1\r\n"));
     assert!(heads[0].contains(&format!("host: {addr}")));
-    assert!(heads[0].contains("authorization: Bearer sk-1"));
+    assert!(heads[0].contains("authorization: bearer sk-1"));
     assert!(heads[2].contains("x-request-id: tb-3"));
 }
 

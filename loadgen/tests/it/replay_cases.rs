@@ -143,6 +143,21 @@ async fn an_error_event_inside_a_200_stream_is_a_stream_error() {
 }
 
 #[tokio::test]
+async fn vllms_older_object_error_chunk_is_a_stream_error_too() {
+    let pieces = vec![
+        piece(50, content(" one")),
+        piece(
+            70,
+            "data: {\"object\":\"error\",\"message\":\"engine died\",\"type\":\"BadRequestError\",\"code\":400}\n\n",
+        ),
+        piece(71, DONE),
+    ];
+    let (rec, _) = replay(Script::sse(pieces)).await;
+    assert_eq!(rec.outcome, Outcome::StreamError, "{:?}", rec.error);
+    assert_eq!(rec.ttft_ms, None);
+}
+
+#[tokio::test]
 async fn a_clean_close_without_done_is_truncated() {
     let pieces = vec![
         piece(50, content(" one")),

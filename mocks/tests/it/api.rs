@@ -695,3 +695,304 @@ async fn unloading_an_adapter_lets_in_flight_streams_finish_and_404s_new_request
     );
     sim.stop().await;
 }
+
+/// `--served-model-name mist alias2`: vLLM serves the base model under every name, lists each
+/// in `/v1/models`, reports the first in responses, and keeps all of them from adapters.
+#[tokio::test(start_paused = true)]
+async fn every_served_model_name_is_a_base_model_name() {
+    let sim = Sim::start(EngineConfig {
+        served_model_name: Some("mist".into()),
+        served_model_aliases: vec!["alias2".into()],
+        ..lora_cfg(&["tenant-a"], 1)
+    })
+    .await;
+    let Ok(b) = sim.get("/v1/models").await.json::<Value>().await else {
+        panic!("json")
+    };
+    let data = b["data"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<&str> = data.iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids, ["mist", "alias2", "tenant-a"]);
+    for base in &data[..2] {
+        assert_eq!(base["parent"], Value::Null, "{base}");
+        assert_eq!(base["root"], data[0]["root"], "{base}");
+        assert!(base["max_model_len"].is_u64(), "{base}");
+    }
+    assert_eq!(data[2]["parent"], "mist");
+    for name in ["mist", "alias2"] {
+        let resp = sim
+            .post("/v1/chat/completions", chat_body(name, 2, false, false))
+            .await;
+        assert_eq!(resp.status(), 200, "{name}");
+        let Ok(b) = resp.json::<Value>().await else {
+            panic!("json")
+        };
+        assert_eq!(b["model"], "mist", "responses report the first name");
+        let resp = sim
+            .post(
+                "/v1/completions",
+                json!({"model": name, "prompt": "hi", "max_tokens": 2}),
+            )
+            .await;
+        assert_eq!(resp.status(), 200, "{name}");
+        // An adapter may not take a base model's name.
+        let resp = sim
+            .post(
+                "/v1/load_lora_adapter",
+                json!({"lora_name": name, "lora_path": "/adapters/x"}),
+            )
+            .await;
+        assert_eq!(resp.status(), 400, "{name}");
+        let Ok(b) = resp.json::<Value>().await else {
+            panic!("json")
+        };
+        assert_eq!(b["error"]["param"], "lora_name");
+    }
+    let bad = EngineConfig {
+        served_model_name: Some("mist".into()),
+        served_model_aliases: vec!["alias2".into()],
+        ..lora_cfg(&["alias2"], 1)
+    };
+    match bad.resolve() {
+        Err(mocks::SimError::Config { field, message }) => {
+            assert_eq!(field, "lora_modules");
+            assert!(message.contains("alias2"), "{message}");
+        }
+        other => panic!(
+            "expected a refusal, got {:?}",
+            other.map(|s| s.served_model_names)
+        ),
+    }
+    sim.stop().await;
+}
+
+/// vLLM (FastAPI) reads bodies of any size: a 3 MB chat gets the ordinary context-length 400.
+/// Only past the simulator's generous cap is a body refused, with 413 in vLLM's error shape
+/// rather than axum's plain text.
+#[tokio::test]
+async fn large_bodies_are_read_and_only_oversized_ones_get_a_json_413() {
+    let sim = Sim::start(EngineConfig::default()).await;
+    let big = " data".repeat(600_000);
+    let body = json!({"model": "mistral-7b-instruct", "messages": [{"role": "user", "content": big}],
+                      "max_tokens": 10});
+    let resp = sim.post("/v1/chat/completions", body).await;
+    assert_eq!(resp.status(), 400);
+    let Ok(b) = resp.json::<Value>().await else {
+        panic!("json")
+    };
+    let msg = b["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.starts_with("This model's maximum context length is "),
+        "{msg}"
+    );
+
+    let resp = sim
+        .client
+        .post(sim.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; mocks::MAX_REQUEST_BODY_BYTES + 1])
+        .send()
+        .await;
+    let Ok(resp) = resp else {
+        panic!("send: {resp:?}")
+    };
+    assert_eq!(resp.status(), 413);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let Ok(b) = resp.json::<Value>().await else {
+        panic!("json")
+    };
+    assert_eq!(b["error"]["code"], 413, "{b}");
+    assert_eq!(b["error"]["param"], Value::Null, "{b}");
+    assert!(b["error"]["type"].is_string() && b["error"]["message"].is_string());
+    assert_eq!(sim.get("/health").await.status(), 200);
+    sim.stop().await;
+}
+
+/// A known path with the wrong method gets FastAPI's 405 body (axum's is empty) and the
+/// `Allow` header, as unknown paths get FastAPI's 404 body.
+#[tokio::test]
+async fn wrong_methods_get_fastapis_405_body() {
+    let sim = Sim::start(EngineConfig::default()).await;
+    let cases = [
+        (reqwest::Method::GET, "/v1/chat/completions", "POST"),
+        (reqwest::Method::GET, "/v1/completions", "POST"),
+        (reqwest::Method::POST, "/v1/models", "GET"),
+        (reqwest::Method::POST, "/health", "GET"),
+    ];
+    for (method, path, allow) in cases {
+        let resp = sim
+            .client
+            .request(method.clone(), sim.url(path))
+            .send()
+            .await;
+        let Ok(resp) = resp else {
+            panic!("{method} {path}")
+        };
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        let allowed = resp
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            allowed.contains(allow),
+            "{method} {path}: allow {allowed:?}"
+        );
+        let Ok(b) = resp.json::<Value>().await else {
+            panic!("{method} {path}: json")
+        };
+        assert_eq!(
+            b,
+            json!({"detail": "Method Not Allowed"}),
+            "{method} {path}"
+        );
+    }
+    let resp = sim.get("/v1/nothing-here").await;
+    assert_eq!(resp.status(), 404);
+    let Ok(b) = resp.json::<Value>().await else {
+        panic!("json")
+    };
+    assert_eq!(b, json!({"detail": "Not Found"}));
+    sim.stop().await;
+}
+
+async fn model_cards(sim: &Sim) -> Vec<Value> {
+    let Ok(b) = sim.get("/v1/models").await.json::<Value>().await else {
+        panic!("json")
+    };
+    b["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// Concurrent loads of one adapter name: the registry check and the reservation are one step,
+/// so exactly one path wins and the others get the 400 a sequential second load gets, while
+/// concurrent loads of the same name and path all succeed (idempotent) once it is loaded.
+#[tokio::test(start_paused = true)]
+async fn concurrent_loads_of_one_name_let_only_one_path_win() {
+    let sim = Sim::start(lora_cfg(&[], 1)).await;
+    let load = |name: &str, path: &str| {
+        sim.post(
+            "/v1/load_lora_adapter",
+            json!({"lora_name": name, "lora_path": path}),
+        )
+    };
+    let (a, b, c) = tokio::join!(
+        load("x", "/adapters/x1"),
+        load("x", "/adapters/x2"),
+        load("x", "/adapters/x3")
+    );
+    let mut winners = Vec::new();
+    for (resp, path) in [
+        (a, "/adapters/x1"),
+        (b, "/adapters/x2"),
+        (c, "/adapters/x3"),
+    ] {
+        match resp.status().as_u16() {
+            200 => winners.push(path),
+            400 => {
+                let Ok(b) = resp.json::<Value>().await else {
+                    panic!("json")
+                };
+                assert_eq!(
+                    b["error"]["message"], "The lora adapter 'x' has already been loaded.",
+                    "{b}"
+                );
+            }
+            other => panic!("{path}: {other}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one load wins: {winners:?}");
+    let data = model_cards(&sim).await;
+    let xs: Vec<&Value> = data.iter().filter(|m| m["id"] == "x").collect();
+    assert_eq!(xs.len(), 1);
+    assert_eq!(
+        xs[0]["root"], winners[0],
+        "the winner's path is the one registered"
+    );
+    // A later load of another path is refused the same way; in place it replaces the adapter.
+    assert_eq!(load("x", "/adapters/other").await.status(), 400);
+    let inplace = sim
+        .post(
+            "/v1/load_lora_adapter",
+            json!({"lora_name": "x", "lora_path": "/adapters/new", "load_inplace": true}),
+        )
+        .await;
+    assert_eq!(inplace.status(), 200);
+
+    let (a, b, c) = tokio::join!(
+        load("y", "/adapters/y"),
+        load("y", "/adapters/y"),
+        load("y", "/adapters/y")
+    );
+    assert_eq!(
+        [a.status(), b.status(), c.status()].map(|s| s.as_u16()),
+        [200; 3],
+        "same name, same path: idempotent"
+    );
+    let data = model_cards(&sim).await;
+    let ys: Vec<&Value> = data.iter().filter(|m| m["id"] == "y").collect();
+    assert_eq!(ys.len(), 1);
+    assert_eq!(
+        data.iter()
+            .find(|m| m["id"] == "x")
+            .map(|m| m["root"].clone()),
+        Some(json!("/adapters/new"))
+    );
+    assert_eq!(
+        sim.post("/v1/chat/completions", chat_body("y", 2, false, false))
+            .await
+            .status(),
+        200
+    );
+    sim.stop().await;
+}
+
+/// Rank 0 is refused at run time (400 naming `rank`) as `--max-lora-rank 0` and a
+/// `--lora-modules` rank of 0 are refused at start-up.
+#[tokio::test(start_paused = true)]
+async fn an_adapter_of_rank_zero_is_refused_naming_rank() {
+    let sim = Sim::start(lora_cfg(&[], 1)).await;
+    let resp = sim
+        .post(
+            "/v1/load_lora_adapter",
+            json!({"lora_name": "z", "lora_path": "/adapters/z", "rank": 0}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let Ok(b) = resp.json::<Value>().await else {
+        panic!("json")
+    };
+    assert_eq!(b["error"]["param"], "rank", "{b}");
+    assert_eq!(
+        sim.post(
+            "/v1/load_lora_adapter",
+            json!({"lora_name": "z", "lora_path": "/adapters/z", "rank": 1}),
+        )
+        .await
+        .status(),
+        200
+    );
+    sim.stop().await;
+    let cfg = EngineConfig {
+        lora_modules: vec![LoraModule {
+            name: "z".into(),
+            path: "/adapters/z".into(),
+            rank: Some(0),
+        }],
+        ..lora_cfg(&[], 1)
+    };
+    assert!(
+        matches!(
+            cfg.resolve(),
+            Err(mocks::SimError::Config {
+                field: "lora_modules",
+                ..
+            })
+        ),
+        "a --lora-modules rank of 0"
+    );
+}

@@ -189,3 +189,19 @@ async fn an_unsupported_precision_is_refused_naming_gpu_and_precision() {
         );
     }
 }
+
+/// One engine that cannot fit its GPU is worded in the singular.
+#[test]
+fn one_engine_that_does_not_fit_is_worded_in_the_singular() {
+    match plan_shared_gpu(&[cfg("rtx-5090", "qwen2.5-32b-instruct", "bf16", 0.9)]) {
+        Err(SimError::DoesNotFit(msg)) => {
+            assert!(
+                msg.starts_with("1 engine does not fit on one rtx-5090"),
+                "{msg}"
+            );
+            assert!(msg.contains("it needs at least"), "{msg}");
+            assert!(!msg.contains("engines"), "{msg}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
