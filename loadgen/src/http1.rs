@@ -11,8 +11,6 @@
 //! caller ([`crate::client::HttpClient`]) only sends plain `http://` URLs here, and only when
 //! no proxy is configured in the environment.
 
-use std::collections::HashMap;
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,7 +82,9 @@ struct Conn {
 /// A pool of keep-alive connections; cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct Client {
-    idle: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
+    /// Idle connections per `host:port`. A run talks to one or two targets, so a short list
+    /// searched in order beats hashing the authority for every request.
+    idle: Arc<Mutex<Vec<(String, Vec<Conn>)>>>,
 }
 
 /// A request to send: the parts the load generator varies.
@@ -102,14 +102,17 @@ impl Client {
 
     fn take_idle(&self, authority: &str) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.get_mut(authority).and_then(Vec::pop)
+        idle.iter_mut()
+            .find(|(a, _)| a == authority)
+            .and_then(|(_, conns)| conns.pop())
     }
 
     fn put_idle(&self, authority: &str, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(authority.to_owned()).or_default();
-        if list.len() < MAX_IDLE {
-            list.push(conn);
+        match idle.iter_mut().find(|(a, _)| a == authority) {
+            Some((_, conns)) if conns.len() < MAX_IDLE => conns.push(conn),
+            Some(_) => {}
+            None => idle.push((authority.to_owned(), vec![conn])),
         }
     }
 
@@ -189,13 +192,12 @@ fn encode(out: &mut Vec<u8>, target: &Target<'_>, req: &Request<'_>) {
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "x-request-id: tb-{}\r\ncontent-length: {}\r\n\r\n",
-        req.request_id,
-        req.body.len()
-    );
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(b"x-request-id: tb-");
+    out.extend_from_slice(digits.format(req.request_id).as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: ");
+    out.extend_from_slice(digits.format(req.body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(req.body);
 }
 

@@ -1,13 +1,12 @@
 //! A whole run: start the stack (or use an external target), drive every tenant's open-loop
 //! schedule, collect one record per request, and hand them to `reports`.
 //!
-//! One dispatcher walks the merged plan in time order and spawns each request at its intended
-//! time; the requests report back over a channel to a collector that feeds the progress bar.
-//! Nothing is shared per request but that channel, so the harness adds no lock contention to
-//! what it measures.
+//! One dispatcher walks the merged open-loop plan in time order and spawns each request at its
+//! intended time; each closed-loop user is a task that sends, reads to the end, thinks and
+//! sends again. Requests report back over a channel to a collector that feeds the progress
+//! bar. Nothing is shared per request but that channel (and, for closed-loop users, one atomic
+//! id counter), so the harness adds no lock contention to what it measures.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -93,17 +92,16 @@ pub struct Driven {
 /// Drives the scenario's schedule against `target` and returns one record per request sent.
 /// `t0` is placed a little in the future so the first sends are not late.
 ///
-/// This is the one dispatch engine for every arrival mode: it always sends the earliest pending
-/// request, taken either from the open-loop plan or from the closed-loop users whose previous
-/// request has finished (they report back over `done`). Open-loop bodies are built before the
-/// wait, so building them never makes a send late.
+/// This is the one dispatch engine for every arrival mode: open-loop requests go out in plan
+/// order at their intended times (each body built before its wait, so building it never makes
+/// a send late), and every closed-loop user runs as its own task beside them.
 pub async fn drive(
     s: &Scenario,
     target: &Target,
     progress: Option<&ProgressBar>,
     shutdown: &CancellationToken,
 ) -> Result<Driven, RunError> {
-    let schedule::Plan { open, mut users } = schedule::build_plan(s);
+    let schedule::Plan { open, users } = schedule::build_plan(s);
     let client = HttpClient::new().map_err(RunError::Client)?;
     let url = format!("{}/chat/completions", target.base_url.trim_end_matches('/'));
     let systems: Vec<Arc<str>> = s
@@ -147,106 +145,62 @@ pub async fn drive(
     let timeout = Duration::from_secs_f64(s.request_timeout_s);
     let at = |at_s: f64| t0 + Duration::from_secs_f64(at_s.max(0.0));
 
-    // Closed-loop users waiting for their next send, earliest first: (time, user index).
-    let mut waiting: BinaryHeap<Reverse<(Instant, usize)>> = users
-        .iter()
-        .enumerate()
-        .map(|(i, u)| Reverse((at(u.first_at_s), i)))
-        .collect();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
-    let mut in_flight_users = 0usize;
-    let mut next_id = open.len() as u64;
     let horizon = at(s.duration_s);
-    let mut open = open.into_iter().peekable();
-    // The open-loop head, prepared before its wait.
-    let mut ready: Option<RequestSpec> = None;
     let mut interrupted = false;
 
-    loop {
-        if ready.is_none()
-            && let Some(p) = open.peek()
-        {
-            ready = Some(request_spec(
-                s,
-                target,
-                &url,
-                &systems,
-                p,
-                t0,
-                at(p.at_s),
-                timeout,
-            ));
+    // Closed-loop users are tasks of their own, as k6's virtual users are: each sends, reads
+    // the response to its end, thinks, and sends again until the run's horizon. Routing every
+    // one of their requests through the dispatcher below cost a channel hop, a task spawn and
+    // a dispatcher turn per request, a third of the load generator's own time at ~100k
+    // requests/s (benches/loadgen_rate).
+    if !users.is_empty() {
+        let shared = Arc::new(UserShared {
+            scenario: s.clone(),
+            target: target.clone(),
+            url: url.clone(),
+            systems: systems.clone(),
+            client: client.clone(),
+            next_id: std::sync::atomic::AtomicU64::new(open.len() as u64),
+            t0,
+            timeout,
+            horizon,
+            progress: progress.cloned(),
+        });
+        for user in users {
+            let first = at(user.first_at_s);
+            if first >= horizon {
+                continue;
+            }
+            let shared = Arc::clone(&shared);
+            let tx = tx.clone();
+            let cancel = shutdown.clone();
+            tracker.spawn(run_user(user, first, shared, tx, cancel));
         }
-        let open_at = ready.as_ref().map(|r| r.intended);
-        let user_at = waiting.peek().map(|Reverse((t, _))| *t);
-        let (intended, from_user) = match (open_at, user_at) {
-            (Some(o), Some(u)) if u < o => (u, true),
-            (Some(o), _) => (o, false),
-            (None, Some(u)) => (u, true),
-            (None, None) if in_flight_users == 0 => break,
-            (None, None) => {
-                tokio::select! {
-                    d = done_rx.recv() => {
-                        if let Some((u, end)) = d {
-                            in_flight_users -= 1;
-                            requeue(&mut waiting, &users, u, end, horizon);
-                        }
-                    }
-                    _ = shutdown.cancelled() => { interrupted = true; break; }
-                }
-                continue;
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => { interrupted = true; break; }
-            d = done_rx.recv() => {
-                // A user finished while we waited: its next send may come first.
-                if let Some((u, end)) = d {
-                    in_flight_users -= 1;
-                    requeue(&mut waiting, &users, u, end, horizon);
-                }
-                continue;
-            }
-            _ = wire::pacer::wait_until(intended) => {}
+    }
+
+    let mut open = open.into_iter();
+    while let Some(p) = open.next() {
+        // The body is built before the wait, so building it never makes a send late.
+        let intended = at(p.at_s);
+        let mut spec = request_spec(s, target, &url, &systems, &p, t0, intended, timeout);
+        if shutdown.is_cancelled() {
+            interrupted = true;
+            break;
         }
-        let (spec, user) = if from_user {
-            let Some(Reverse((_, u))) = waiting.pop() else {
-                continue;
-            };
-            let p = users[u].next(
-                s,
-                intended.saturating_duration_since(t0).as_secs_f64(),
-                next_id,
-            );
-            next_id += 1;
-            in_flight_users += 1;
-            if let Some(pb) = progress {
-                pb.inc_length(1);
+        if intended > Instant::now() {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => { interrupted = true; break; }
+                _ = wire::pacer::wait_until(intended) => {}
             }
-            let spec = request_spec(s, target, &url, &systems, &p, t0, intended, timeout);
-            (spec, Some(u))
-        } else {
-            open.next();
-            match ready.take() {
-                Some(spec) => (spec, None),
-                None => continue,
-            }
-        };
-        let mut spec = spec;
+        }
         spec.dispatched = Some(Instant::now());
         let client = client.clone();
         let tx = tx.clone();
-        let done = done_tx.clone();
         let cancel = shutdown.clone();
         tracker.spawn(async move {
             tokio::select! {
-                rec = execute(&client, spec) => {
-                    let _ = tx.send(rec).await;
-                    if let Some(u) = user {
-                        let _ = done.send((u, Instant::now()));
-                    }
-                }
+                rec = execute(&client, spec) => { let _ = tx.send(rec).await; }
                 _ = cancel.cancelled() => {}
             }
         });
@@ -263,18 +217,70 @@ pub async fn drive(
     Ok(Driven { records, t0_wall })
 }
 
-/// Puts a closed-loop user back in line after its think time, unless that is past the run.
-fn requeue(
-    waiting: &mut BinaryHeap<Reverse<(Instant, usize)>>,
-    users: &[schedule::ClosedUser],
-    u: usize,
-    finished: Instant,
+/// What every closed-loop user task reads.
+struct UserShared {
+    scenario: Scenario,
+    target: Target,
+    url: String,
+    systems: Vec<Arc<str>>,
+    client: HttpClient,
+    /// Closed-loop request ids, after the open-loop plan's.
+    next_id: std::sync::atomic::AtomicU64,
+    t0: Instant,
+    timeout: Duration,
+    /// No request is intended at or after this.
     horizon: Instant,
+    progress: Option<ProgressBar>,
+}
+
+/// One closed-loop user: send at `first`, then after every response its think time later,
+/// until the horizon or shutdown.
+async fn run_user(
+    mut user: schedule::ClosedUser,
+    first: Instant,
+    shared: Arc<UserShared>,
+    tx: mpsc::Sender<RequestRecord>,
+    cancel: CancellationToken,
 ) {
-    let Some(user) = users.get(u) else { return };
-    let next = finished + Duration::from_secs_f64(user.think_time_s);
-    if next < horizon {
-        waiting.push(Reverse((next, u)));
+    let sh = &*shared;
+    let think = Duration::from_secs_f64(user.think_time_s);
+    let mut intended = first;
+    while intended < sh.horizon && !cancel.is_cancelled() {
+        if intended > Instant::now() {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = wire::pacer::wait_until(intended) => {}
+            }
+        }
+        let id = sh
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let at_s = intended.saturating_duration_since(sh.t0).as_secs_f64();
+        let p = user.next(&sh.scenario, at_s, id);
+        if let Some(pb) = &sh.progress {
+            pb.inc_length(1);
+        }
+        let mut spec = request_spec(
+            &sh.scenario,
+            &sh.target,
+            &sh.url,
+            &sh.systems,
+            &p,
+            sh.t0,
+            intended,
+            sh.timeout,
+        );
+        spec.dispatched = Some(Instant::now());
+        tokio::select! {
+            rec = execute(&sh.client, spec) => {
+                if tx.send(rec).await.is_err() {
+                    return;
+                }
+            }
+            _ = cancel.cancelled() => return,
+        }
+        intended = Instant::now() + think;
     }
 }
 
