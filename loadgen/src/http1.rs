@@ -84,8 +84,11 @@ struct Conn {
 pub struct Client {
     /// Idle connections per `host:port`. A run talks to one or two targets, so a short list
     /// searched in order beats hashing the authority for every request.
-    idle: Arc<Mutex<Vec<(String, Vec<Conn>)>>>,
+    idle: Arc<Mutex<Vec<IdleList>>>,
 }
+
+/// A target's `host:port` and its idle connections, most recently used last.
+type IdleList = (String, Vec<Conn>);
 
 /// A request to send: the parts the load generator varies.
 pub struct Request<'a> {

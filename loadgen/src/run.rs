@@ -178,8 +178,7 @@ pub async fn drive(
         }
     }
 
-    let mut open = open.into_iter();
-    while let Some(p) = open.next() {
+    for p in open {
         // The body is built before the wait, so building it never makes a send late.
         let intended = at(p.at_s);
         let mut spec = request_spec(s, target, &url, &systems, &p, t0, intended, timeout);
