@@ -23,10 +23,6 @@
 
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-// The allocator the `tenantbench` binary uses, so the rate measured is the binary's.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
