@@ -43,8 +43,9 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal("the database failed; see the router log".into())
 }
 
-/// Fields of `/key/generate` and `/key/update` (LiteLLM's names; unknown fields are ignored,
-/// as LiteLLM clients send more than we implement).
+/// Fields of `/key/generate` and `/key/update` (LiteLLM's names). Other fields are ignored, as
+/// LiteLLM clients send more than we implement, except near-misses of these names
+/// ([`refuse_typos`]): `rpm_limt` silently making a key with no limit would be worse than a 400.
 #[derive(Debug, Default, Deserialize)]
 struct KeyFields {
     key: Option<String>,
@@ -78,6 +79,58 @@ async fn body(req: Request) -> Result<Value, ApiError> {
         return Err(bad("body", "Request body must be a JSON object."));
     }
     Ok(v)
+}
+
+/// The names [`KeyFields`] reads.
+const KEY_FIELDS: [&str; 13] = [
+    "key",
+    "key_alias",
+    "tenant_id",
+    "team_id",
+    "metadata",
+    "models",
+    "max_budget",
+    "budget_duration",
+    "rpm_limit",
+    "tpm_limit",
+    "max_parallel_requests",
+    "duration",
+    "blocked",
+];
+
+/// Refuses a field that is not one of [`KEY_FIELDS`] but is within two edits of one.
+fn refuse_typos(v: &Value) -> Result<(), ApiError> {
+    let Some(obj) = v.as_object() else {
+        return Ok(());
+    };
+    for name in obj.keys() {
+        if KEY_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        if let Some(known) = KEY_FIELDS.iter().find(|k| edit_distance(name, k) <= 2) {
+            return Err(bad(
+                name,
+                format!("Unknown field '{name}'; did you mean '{known}'?"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Levenshtein distance over bytes (field names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }
 
 fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
@@ -224,6 +277,7 @@ pub(crate) async fn generate(State(state): State<Arc<AppState>>, req: Request) -
 async fn generate_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
     master_only(&caller(state, req.headers()).await?)?;
     let v = body(req).await?;
+    refuse_typos(&v)?;
     let f: KeyFields = typed(&v)?;
     let tenant_id = f
         .tenant_id
@@ -340,6 +394,7 @@ pub(crate) async fn update(State(state): State<Arc<AppState>>, req: Request) -> 
 async fn update_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
     master_only(&caller(state, req.headers()).await?)?;
     let v = body(req).await?;
+    refuse_typos(&v)?;
     let f: KeyFields = typed(&v)?;
     let given = f
         .key

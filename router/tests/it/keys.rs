@@ -102,6 +102,30 @@ async fn generated_keys_are_stored_hashed_and_managed_by_the_master_key() {
         )
         .await;
     assert_eq!((st, e["error"]["param"].as_str()), (400, Some("rpm_limit")));
+    // A typo of a known field is refused naming it (it would otherwise make a key with no
+    // limit); fields LiteLLM has and we do not implement are still ignored.
+    let (st, e) = s
+        .admin_post(
+            MASTER,
+            "/key/generate",
+            &json!({"tenant_id": "tenant-01", "rpm_limt": 5}),
+        )
+        .await;
+    assert_eq!((st, e["error"]["param"].as_str()), (400, Some("rpm_limt")));
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did you mean 'rpm_limit'")),
+        "{e}"
+    );
+    let (st, _) = s
+        .admin_post(
+            MASTER,
+            "/key/generate",
+            &json!({"tenant_id": "tenant-01", "send_invite_email": false}),
+        )
+        .await;
+    assert_eq!(st, 200);
 }
 
 #[tokio::test]
