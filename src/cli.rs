@@ -46,6 +46,11 @@ pub struct MergeArgs {
     /// Where to write the merged results directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Merge even when some of the scenario's tenants are in no shard given (a shard is
+    /// missing). Without it such a merge is refused: gates judged on part of a run would pass
+    /// or fail for the wrong reasons.
+    #[arg(long)]
+    pub allow_partial: bool,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]

@@ -154,6 +154,18 @@ fn merge(args: cli::MergeArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(&e.to_string(), i32::from(EXIT_USAGE)),
     };
+    let missing = reports::merge::missing_tenants(&data);
+    if !missing.is_empty() && !args.allow_partial {
+        return fail(
+            &format!(
+                "{} of the scenario's tenants are in no shard given (is a shard missing?): {}; \
+                 pass --allow-partial to merge anyway",
+                missing.len(),
+                missing.join(", ")
+            ),
+            i32::from(EXIT_USAGE),
+        );
+    }
     let mut summary = reports::summarize(&data);
     if let Some((before, max)) = &baseline {
         summary

@@ -204,6 +204,20 @@ pub fn merge(runs: Vec<(PathBuf, RunData)>) -> Result<RunData, MergeError> {
     Ok(merged)
 }
 
+/// The scenario's tenants that a (merged) run does not hold, in scenario order; empty for a
+/// whole run.
+pub fn missing_tenants(run: &RunData) -> Vec<String> {
+    let Some(shard) = &run.shard else {
+        return Vec::new();
+    };
+    shard
+        .scenario_tenants
+        .iter()
+        .filter(|id| !run.tenants.iter().any(|t| &t.id == *id))
+        .cloned()
+        .collect()
+}
+
 /// One more than the largest record id (0 for no records).
 fn next_id(run: &RunData) -> u64 {
     run.records.iter().map(|r| r.id + 1).max().unwrap_or(0)
@@ -382,6 +396,9 @@ mod tests {
         let one = vec![shards().remove(0)];
         let merged = merge(one).unwrap_or_else(|e| panic!("{e}"));
         assert!(merged.shard.is_some());
+        assert_eq!(missing_tenants(&merged), ["b"]);
+        let whole = merge(shards()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(missing_tenants(&whole).is_empty());
         assert!(
             merged
                 .notes

@@ -301,6 +301,34 @@ async fn shards_split_the_tenants_and_merge_back_into_one_result() {
         shard_rows,
         "every shard's requests (warm-up included), once"
     );
+    // One shard alone is a partial run: refused (exit 2, naming the missing tenants) unless
+    // --allow-partial.
+    let partial = |allow: bool| {
+        let mut args: Vec<String> = vec![
+            "report".into(),
+            "merge".into(),
+            shard_dirs[0].to_string_lossy().into_owned(),
+            "--out".into(),
+            dir.path()
+                .join(format!("partial-{allow}"))
+                .to_string_lossy()
+                .into_owned(),
+            "--quiet".into(),
+        ];
+        if allow {
+            args.push("--allow-partial".into());
+        }
+        tenantbench_blocking(args, dir.path())
+    };
+    let out = partial(false).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--allow-partial") && text(&out).contains("t-0"),
+        "{}",
+        text(&out)
+    );
+    let out = partial(true).await;
+    assert!(out.status.success(), "{}", text(&out));
     // The same shard twice is refused, naming the problem.
     let out = tenantbench_blocking(
         vec![
