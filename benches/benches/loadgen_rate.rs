@@ -176,6 +176,10 @@ fn start_server(slow_tokens: usize, slow_gap_ms: u64) -> std::io::Result<(Child,
         .env("TB_TRIVIAL_SERVER", "1")
         .env("SLOW_TOKENS", slow_tokens.to_string())
         .env("SLOW_GAP_MS", slow_gap_ms.to_string())
+        // Held open by `child` for as long as this process lives: the server exits when it
+        // reads end-of-file, so it cannot outlive a benchmark that died early (a closed pipe
+        // on stdout, a panic) without reaching `child.kill()`.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -194,6 +198,11 @@ fn start_server(slow_tokens: usize, slow_gap_ms: u64) -> std::io::Result<(Child,
 
 /// The child: a one-worker axum server answering at once, or streaming slowly under `/slow/`.
 fn serve_trivial() {
+    std::thread::spawn(|| {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+        std::process::exit(0);
+    });
     let tokens: usize = env_or("SLOW_TOKENS", 40);
     let gap = Duration::from_millis(env_or("SLOW_GAP_MS", 50));
     let rt = match tokio::runtime::Builder::new_multi_thread()
