@@ -166,3 +166,33 @@ async fn a_refused_connection_is_an_error_naming_the_address() {
         .unwrap_or_else(|| panic!("a refused connection must fail"));
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn https_targets_go_through_reqwest_and_speak_tls() {
+    // A plain-TCP server on the port: a TLS client must fail in the handshake. Before reqwest
+    // had a TLS backend, every https:// request failed with "invalid URL" without connecting.
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let accepted = tokio::spawn(async move {
+        let Ok(Ok((mut sock, _))) =
+            tokio::time::timeout(Duration::from_secs(5), listener.accept()).await
+        else {
+            return false;
+        };
+        let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        true
+    });
+    let mut spec = crate::common::spec(addr);
+    spec.url = format!("https://{addr}/v1/chat/completions");
+    let client = crate::common::client();
+    let (rec, _) = loadgen::client::execute_observed(&client, spec).await;
+    assert_eq!(rec.outcome, reports::Outcome::ServerError);
+    let err = rec.error.unwrap_or_default();
+    assert!(!err.contains("invalid URL"), "{err}");
+    assert!(
+        accepted.await.unwrap_or_else(|e| panic!("{e}")),
+        "the client connected"
+    );
+}
