@@ -172,10 +172,22 @@ fn merge(args: cli::MergeArgs) -> ExitCode {
             .gates
             .extend(reports::baseline::compare(&summary, before, *max));
     }
+    // After the shards are read, so `--out` may name one of them.
+    if let Err(e) = reports::prepare_results_dir(&args.out) {
+        return fail(&e.to_string(), prepare_exit_code(&e));
+    }
     if let Err(e) = reports::write_results(&args.out, &data, &summary) {
         return fail(&e.to_string(), i32::from(EXIT_RUNTIME));
     }
     verdict(&summary, &args.out, &args.output)
+}
+
+/// A `--out` naming someone else's directory is bad usage; failing to clear or create it is not.
+fn prepare_exit_code(e: &reports::ReportError) -> i32 {
+    match e {
+        reports::ReportError::NotAResultsDir { .. } => i32::from(EXIT_USAGE),
+        _ => i32::from(EXIT_RUNTIME),
+    }
 }
 
 /// The `--baseline` summary and the allowed regression, when one was given.

@@ -65,6 +65,8 @@ pub struct StreamObservation {
     pub counted_tokens: u64,
     pub usage: Option<Usage>,
     pub saw_done: bool,
+    /// `data:` events seen (`[DONE]` included).
+    pub data_events: u64,
     pub error: Option<String>,
     /// Every generated character on every channel, in order: the exact text the stream carried.
     pub text: String,
@@ -80,6 +82,7 @@ impl StreamObservation {
             if !ev.has_data {
                 continue; // comments, keep-alives, id/retry-only blocks
             }
+            self.data_events += 1;
             if ev.is_done() {
                 self.saw_done = true;
                 self.done_at = Some(now);
@@ -268,6 +271,12 @@ pub async fn execute_observed(
     if read_to_end {
         rec.outcome = if let Some(e) = obs.error.take() {
             rec.error = Some(e);
+            Outcome::StreamError
+        } else if obs.data_events == 0 && rec.error.is_none() {
+            // A complete 200 body with no event in it: the server did not stream at all (a
+            // plain JSON completion, an HTML page), which is not a cut-off stream.
+            rec.error =
+                Some("the 200 response carried no server-sent events (not a stream)".into());
             Outcome::StreamError
         } else if !obs.saw_done {
             rec.error

@@ -53,7 +53,8 @@ pub enum RawArrival {
     },
     /// Replays a CSV file (path relative to the scenario file) with a header line and the column
     /// `timestamp_s` (seconds from the run's start), optionally `prompt_tokens` and
-    /// `output_tokens` per request, which then replace the tenant's length distributions.
+    /// `output_tokens` per request (filled in on every row), which then replace the tenant's
+    /// length distributions. Other columns, empty cells and short or long rows are errors.
     /// `time_scale` stretches (> 1) or compresses (< 1) the trace; default 1.
     Trace {
         file: String,
@@ -206,53 +207,135 @@ fn check_span(name: &str, v: f64) -> Result<f64, String> {
     }
 }
 
+/// The columns a trace may have. Anything else is refused: a misspelt length column would
+/// otherwise be skipped and the group's distribution would quietly take its place.
+const TRACE_COLUMNS: [&str; 3] = ["timestamp_s", "prompt_tokens", "output_tokens"];
+
+/// Levenshtein distance over chars (a column name typed in a spreadsheet need not be ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+/// Why a header column is refused, with a "did you mean" when a known name is within two edits.
+fn unknown_column(name: &str) -> String {
+    let accepted = TRACE_COLUMNS.map(|c| format!("`{c}`")).join(", ");
+    let hint = TRACE_COLUMNS
+        .iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| format!("; did you mean `{k}`?"))
+        .unwrap_or_default();
+    // escape_debug makes stray invisible characters (zero-width spaces, a BOM that was not
+    // the first character) show up in the message instead of looking like a correct name.
+    format!(
+        "unknown column '{}' (accepted columns: {accepted}){hint}",
+        name.escape_debug()
+    )
+}
+
 /// Reads a trace CSV: a header with `timestamp_s` and optionally `prompt_tokens` and
-/// `output_tokens`; rows in any order (they are sorted).
+/// `output_tokens`, nothing else; rows in any order (they are sorted). Every row has a cell
+/// for every column, and a length column given must be filled in on every row.
 pub fn read_trace(path: &Path, time_scale: f64) -> Result<Vec<TracePoint>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read trace '{}': {e}", path.display()))?;
+    let file = path.display();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read trace '{file}': {e}"))?;
+    // Excel's "CSV UTF-8" starts the file with a byte-order mark; it belongs to the encoding,
+    // not to the first column's name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut lines = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty());
-    let Some((_, header)) = lines.next() else {
-        return Err(format!("trace '{}' is empty", path.display()));
+    let Some((header_i, header)) = lines.next() else {
+        return Err(format!("trace '{file}' is empty"));
     };
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
+    let at = format!("trace '{file}' line {}", header_i + 1);
+    for (i, c) in cols.iter().enumerate() {
+        if c.is_empty() {
+            return Err(format!(
+                "{at}: header column {} has no name (accepted columns: {})",
+                i + 1,
+                TRACE_COLUMNS.map(|c| format!("`{c}`")).join(", ")
+            ));
+        }
+        if !TRACE_COLUMNS.contains(c) {
+            return Err(format!("{at}: {}", unknown_column(c)));
+        }
+        if cols[..i].contains(c) {
+            return Err(format!("{at}: column `{c}` appears twice in the header"));
+        }
+    }
     let find = |name: &str| cols.iter().position(|c| *c == name);
     let Some(ts) = find("timestamp_s") else {
         return Err(format!(
-            "trace '{}': the header needs a `timestamp_s` column, got '{header}'",
-            path.display()
+            "{at}: the header needs a `timestamp_s` column, got '{}'",
+            header.escape_debug()
         ));
     };
     let (pc, oc) = (find("prompt_tokens"), find("output_tokens"));
     let mut out = Vec::new();
     for (i, line) in lines {
+        let n = i + 1;
         let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        let at = |row: &str, v: Option<&&str>| {
-            format!(
-                "trace '{}' line {}: bad {row} '{}'",
-                path.display(),
-                i + 1,
-                v.copied().unwrap_or("")
-            )
-        };
-        let t: f64 = cells
-            .get(ts)
-            .and_then(|v| v.parse().ok())
+        // A short row would leave a length out, a long one would drop a value: both mean the
+        // row does not say what the header says it does.
+        if cells.len() != cols.len() {
+            return Err(format!(
+                "trace '{file}' line {n}: expected {} cells, one per header column ({}), got {}",
+                cols.len(),
+                cols.join(","),
+                cells.len()
+            ));
+        }
+        let cell = |c: usize| cells.get(c).copied().unwrap_or("");
+        let t: f64 = cell(ts)
+            .parse()
+            .ok()
             .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| at("timestamp_s", cells.get(ts)))?;
+            .ok_or_else(|| {
+                format!(
+                    "trace '{file}' line {n}, column `timestamp_s`: expected seconds from the \
+                     run's start (a number, 0 or more), got '{}'",
+                    cell(ts).escape_debug()
+                )
+            })?;
         let len = |c: Option<usize>, name: &str| -> Result<Option<u64>, String> {
-            match c.map(|c| cells.get(c)) {
-                None => Ok(None),
-                Some(Some(&"")) => Ok(None),
-                Some(v) => v
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .filter(|n| *n > 0 && *n <= MAX_LEN)
-                    .map(Some)
-                    .ok_or_else(|| at(name, v)),
+            let Some(c) = c else {
+                return Ok(None);
+            };
+            let v = cell(c);
+            if v.is_empty() {
+                return Err(format!(
+                    "trace '{file}' line {n}, column `{name}`: empty cell; every row needs a \
+                     length in this column (leave the column out of the file to use the \
+                     group's `{name}` distribution)"
+                ));
             }
+            v.parse::<u64>()
+                .ok()
+                .filter(|k| *k > 0 && *k <= MAX_LEN)
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                        "trace '{file}' line {n}, column `{name}`: expected a whole number of \
+                         tokens from 1 to {MAX_LEN}, got '{}'",
+                        v.escape_debug()
+                    )
+                })
         };
         out.push(TracePoint {
             at_s: t * time_scale,
@@ -261,7 +344,7 @@ pub fn read_trace(path: &Path, time_scale: f64) -> Result<Vec<TracePoint>, Strin
         });
     }
     if out.is_empty() {
-        return Err(format!("trace '{}' has no rows", path.display()));
+        return Err(format!("trace '{file}' has no rows"));
     }
     out.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     Ok(out)
@@ -742,7 +825,7 @@ mod tests {
         let path = dir.path().join("t.csv");
         std::fs::write(
             &path,
-            "timestamp_s,prompt_tokens,output_tokens\n2.5,100,7\n0.5,,9\n30,5,5\n",
+            "timestamp_s,prompt_tokens,output_tokens\n2.5,100,7\n0.5,40,9\n30,5,5\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let raw = RawArrival::Trace {
@@ -755,12 +838,129 @@ mod tests {
         assert_eq!(pts.len(), 2, "the 60 s row is past the horizon");
         assert_eq!(
             (pts[0].at_s, pts[0].prompt_tokens, pts[0].output_tokens),
-            (1.0, None, Some(9))
+            (1.0, Some(40), Some(9))
         );
         assert_eq!((pts[1].at_s, pts[1].prompt_tokens), (5.0, Some(100)));
         std::fs::write(&path, "when\n1\n").unwrap_or_else(|e| panic!("{e}"));
         let err = raw.validate(dir.path()).err().unwrap_or_default();
         assert!(err.contains("timestamp_s"), "{err}");
+    }
+
+    /// Writes `csv` as a trace and reads it, giving the error (or "read" if it was accepted).
+    fn trace_error(csv: &str) -> String {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, csv).unwrap_or_else(|e| panic!("{e}"));
+        match read_trace(&path, 1.0) {
+            Ok(_) => "read".into(),
+            Err(e) => {
+                assert!(e.contains(&path.display().to_string()), "{e}");
+                e
+            }
+        }
+    }
+
+    #[test]
+    fn a_trace_without_length_columns_leaves_lengths_to_the_distributions() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, "timestamp_s,output_tokens\n1,5\n").unwrap_or_else(|e| panic!("{e}"));
+        let pts = read_trace(&path, 1.0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            pts,
+            [TracePoint {
+                at_s: 1.0,
+                prompt_tokens: None,
+                output_tokens: Some(5)
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_trace_columns_suggest_the_nearest_known_name_within_two_edits() {
+        let e = trace_error("timestamp_s,output_token\n1,5\n");
+        assert!(e.contains("line 1: unknown column 'output_token'"), "{e}");
+        assert!(e.contains("did you mean `output_tokens`?"), "{e}");
+        // Two edits (a transposition) still suggests; the case of a spreadsheet's title row too.
+        let e = trace_error("timestamp_s,promtp_tokens\n1,5\n");
+        assert!(e.contains("did you mean `prompt_tokens`?"), "{e}");
+        let e = trace_error("Timestamp_S\n1\n");
+        assert!(e.contains("did you mean `timestamp_s`?"), "{e}");
+        // Three edits away: only the list of accepted names.
+        let e = trace_error("timestamp_s,prompt_tok\n1,5\n");
+        assert!(e.contains("unknown column 'prompt_tok'"), "{e}");
+        assert!(!e.contains("did you mean"), "{e}");
+        assert!(
+            e.contains("`timestamp_s`, `prompt_tokens`, `output_tokens`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn invisible_characters_in_a_trace_column_name_are_shown_escaped() {
+        // A zero-width space, or a BOM that is not the file's first character, would otherwise
+        // print as a name that looks exactly like an accepted one.
+        let e = trace_error("timestamp_s,output_tokens\u{200b}\n1,5\n");
+        assert!(e.contains("'output_tokens\\u{200b}'"), "{e}");
+        let e = trace_error("\u{feff}\u{feff}timestamp_s\n1\n");
+        assert!(e.contains("'\\u{feff}timestamp_s'"), "{e}");
+    }
+
+    #[test]
+    fn a_leading_utf8_bom_is_not_part_of_the_first_trace_column() {
+        assert_eq!(
+            trace_error("\u{feff}timestamp_s,prompt_tokens\n1,5\n"),
+            "read"
+        );
+    }
+
+    #[test]
+    fn empty_and_duplicate_trace_header_columns_are_errors() {
+        let e = trace_error("timestamp_s,output_tokens,\n1,5,\n");
+        assert!(e.contains("line 1: header column 3 has no name"), "{e}");
+        let e = trace_error("timestamp_s,output_tokens,output_tokens\n1,5,6\n");
+        assert!(
+            e.contains("line 1: column `output_tokens` appears twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_or_non_numeric_trace_length_cells_are_errors_naming_line_and_column() {
+        let e = trace_error("timestamp_s,prompt_tokens,output_tokens\n1,40,5\n2,,5\n");
+        assert!(
+            e.contains("line 3, column `prompt_tokens`: empty cell"),
+            "{e}"
+        );
+        let e = trace_error("timestamp_s,prompt_tokens,output_tokens\n1,40,\n");
+        assert!(
+            e.contains("line 2, column `output_tokens`: empty cell"),
+            "{e}"
+        );
+        for bad in ["abc", "0", "1.5", "-3", "1000001"] {
+            let e = trace_error(&format!("timestamp_s,output_tokens\n\n1,{bad}\n"));
+            assert!(
+                e.contains("line 3, column `output_tokens`: expected a whole number"),
+                "{bad}: {e}"
+            );
+            assert!(e.contains(&format!("got '{bad}'")), "{bad}: {e}");
+        }
+        let e = trace_error("timestamp_s\n1\nsoon\n");
+        assert!(e.contains("line 3, column `timestamp_s`"), "{e}");
+    }
+
+    #[test]
+    fn trace_rows_with_too_few_or_too_many_cells_are_errors_naming_the_line() {
+        let e = trace_error("timestamp_s,prompt_tokens\n1,40\n2\n");
+        assert!(
+            e.contains(
+                "line 3: expected 2 cells, one per header column (timestamp_s,prompt_tokens), got 1"
+            ),
+            "{e}"
+        );
+        let e = trace_error("timestamp_s,prompt_tokens\n1,40,7\n");
+        assert!(e.contains("line 2: expected 2 cells"), "{e}");
+        assert!(e.contains("got 3"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum RunError {
     Client(String),
     #[error("could not write results to {dir}: {message}")]
     Results { dir: String, message: String },
+    /// `--out` names a non-empty directory that holds no earlier tenantbench result.
+    #[error("{0}")]
+    OutDir(String),
     #[error("the run was interrupted")]
     Interrupted,
 }
@@ -44,7 +47,10 @@ impl RunError {
     /// The process exit code DESIGN §6 gives this error: 2 for bad input, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunError::Scenario(_) | RunError::Capacity(_) | RunError::Target(_) => 2,
+            RunError::Scenario(_)
+            | RunError::Capacity(_)
+            | RunError::Target(_)
+            | RunError::OutDir(_) => 2,
             _ => 1,
         }
     }

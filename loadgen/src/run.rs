@@ -442,9 +442,16 @@ pub async fn run(
         .out_dir
         .clone()
         .unwrap_or_else(|| Path::new("results").join(format!("{}-{}", s.name, utc_stamp(started))));
-    std::fs::create_dir_all(&dir).map_err(|e| RunError::Results {
-        dir: dir.display().to_string(),
-        message: e.to_string(),
+    // Before the stack starts, not at the run's end: the embedded stack writes its router
+    // config and audit log here as it starts, so a previous run's files must be gone by then,
+    // and a directory that is no previous result is refused before any load is sent. After
+    // the checks above, so a refused run leaves the previous result alone.
+    reports::prepare_results_dir(&dir).map_err(|e| match e {
+        reports::ReportError::NotAResultsDir { .. } => RunError::OutDir(e.to_string()),
+        other => RunError::Results {
+            dir: dir.display().to_string(),
+            message: other.to_string(),
+        },
     })?;
 
     let stack_token = shutdown.child_token();

@@ -1,7 +1,8 @@
 //! The one error type of the reports layer.
 //!
-//! Summarising a run cannot fail (bad numbers become nulls and notes); only writing the results
-//! directory can, and every variant names the file it was writing so the user knows where to look.
+//! Summarising a run cannot fail (bad numbers become nulls and notes); only preparing and writing
+//! the results directory can, and every variant names the file or directory at fault so the user
+//! knows where to look.
 
 use std::path::PathBuf;
 
@@ -39,6 +40,20 @@ pub enum ReportError {
         path: PathBuf,
         /// What the histogram serialiser reported.
         message: String,
+    },
+    /// The results directory is not empty and holds no previous tenantbench result, so
+    /// writing into it could mix a run's files with someone else's.
+    #[error(
+        "refusing to write results into {}: it is not empty (it holds {}) and holds no previous \
+         tenantbench result (no summary.json or run.json); give an empty or new directory",
+        path.display(),
+        example.display()
+    )]
+    NotAResultsDir {
+        /// The directory.
+        path: PathBuf,
+        /// One entry that tenantbench did not write.
+        example: PathBuf,
     },
     /// Drawing a plot failed.
     #[error("cannot draw plot {}: {message}", path.display())]

@@ -164,7 +164,8 @@ pub struct GateResult {
     /// Why the gate could not be evaluated (unknown metric, group or tenant), if so.
     pub error: Option<String>,
     /// Why the gate was not evaluated at all: in a shard, its tenant or group ran elsewhere.
-    /// A skipped gate counts as passed; the merged result evaluates it.
+    /// A skipped gate has `passed: true` so it does not fail the shard (the merged result
+    /// evaluates it); the table and `junit.xml` still show it as skipped, not passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
 }
@@ -172,7 +173,10 @@ pub struct GateResult {
 impl GateResult {
     /// One line for a terminal or CI log: `PASS name: tenant t1 ttft_ms.p99 = 512.3 < 800`.
     pub fn describe(&self) -> String {
-        if let Some(why) = &self.skipped {
+        // `passed` guards against a hand-edited summary with both set: a failure is shown as one.
+        if let Some(why) = &self.skipped
+            && self.passed
+        {
             return format!("SKIP {}: {} {}; {why}", self.name, self.scope, self.metric);
         }
         let verdict = if self.passed { "PASS" } else { "FAIL" };

@@ -170,11 +170,16 @@ fn headline(h: &mut String, s: &Summary) {
     );
     if !s.gates.is_empty() {
         let failed = s.failed_gates().count();
+        let mut detail = format!("{} of {} passed", s.passed_gates().count(), s.gates.len());
+        let skipped = s.skipped_gates().count();
+        if skipped > 0 {
+            detail.push_str(&format!(", {skipped} skipped"));
+        }
         card(
             h,
             "gates",
             if failed == 0 { "PASS" } else { "FAIL" },
-            &format!("{} of {} passed", s.gates.len() - failed, s.gates.len()),
+            &detail,
         );
     }
     h.push_str("</div></section>\n");
@@ -186,10 +191,16 @@ fn gates(h: &mut String, s: &Summary) {
         h.push_str("<p>The scenario declares no gates.</p></section>\n");
         return;
     }
-    let verdict = if s.gates_passed() {
-        "<span class=\"verdict ok\">all gates passed</span>"
+    let skipped = s.skipped_gates().count();
+    let verdict = if !s.gates_passed() {
+        "<span class=\"verdict bad\">gates failed: the run exits with code 3</span>".to_owned()
+    } else if skipped > 0 {
+        format!(
+            "<span class=\"verdict ok\">no gate failed</span>; {skipped} skipped (their tenant \
+             or group ran in another shard; the merged result judges them)"
+        )
     } else {
-        "<span class=\"verdict bad\">gates failed: the run exits with code 3</span>"
+        "<span class=\"verdict ok\">all gates passed</span>".to_owned()
     };
     let _ = writeln!(h, "<p>{verdict}</p>");
     h.push_str(
@@ -201,6 +212,10 @@ fn gates(h: &mut String, s: &Summary) {
         let mut details = String::new();
         if let Some(e) = &g.error {
             details.push_str(e);
+        }
+        let skipped = g.skipped.as_ref().filter(|_| g.passed);
+        if let Some(why) = skipped {
+            details.push_str(why);
         }
         if !g.failures.is_empty() {
             let failing: Vec<String> = g
@@ -226,7 +241,9 @@ fn gates(h: &mut String, s: &Summary) {
             g.observed.map_or_else(|| "no data".to_owned(), number),
             escape(g.op.symbol()),
             number(g.threshold),
-            if g.passed {
+            if skipped.is_some() {
+                "SKIP"
+            } else if g.passed {
                 "<span class=\"pass\">PASS</span>"
             } else {
                 "<span class=\"failv\">FAIL</span>"
@@ -686,6 +703,33 @@ mod tests {
         assert!(!page.contains("<b>bold"), "unescaped scenario");
         assert!(!page.contains("<script"), "unescaped note");
         assert!(page.contains("&lt;img src=x"));
+    }
+
+    #[test]
+    fn skipped_gates_are_shown_as_skipped_not_passed() {
+        let mut run = small_run();
+        run.shard = Some(crate::run::ShardInfo {
+            index: 0,
+            count: 2,
+            scenario_tenants: vec!["a".into(), "b".into(), "c".into(), "z".into()],
+        });
+        run.gates.retain(|g| g.name == "fast-ttft");
+        run.gates.push(crate::gate::GateSpec {
+            name: "z-fast".to_owned(),
+            scope: crate::gate::GateScope::Tenant("z".to_owned()),
+            metric: "ttft_ms.p99".to_owned(),
+            op: crate::gate::GateOp::Lt,
+            threshold: 800.0,
+        });
+        let summary = summarize(&run);
+        let html = render_html(&summary, &[]);
+        assert!(html.contains("1 of 2 passed, 1 skipped"), "{html}");
+        assert!(html.contains("no gate failed</span>; 1 skipped"), "{html}");
+        let row = html
+            .lines()
+            .find(|l| l.contains("<td class=\"l\">z-fast</td>"))
+            .unwrap_or_default();
+        assert!(row.contains(">SKIP<") && !row.contains("PASS"), "{row}");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! `junit.xml`: every gate, SLO and isolation verdict as a JUnit test case, the format CI
 //! systems (GitHub Actions reporters, GitLab, Jenkins) display. One test suite per kind.
+//!
+//! A gate a shard could not judge (its tenant ran elsewhere) is a `<skipped/>` case: CI must
+//! not show as passed a check that never ran.
 
 use crate::html::escape;
 use crate::summary::Summary;
@@ -7,12 +10,18 @@ use crate::summary::Summary;
 struct Case {
     name: String,
     failure: Option<String>,
+    /// Why the case was not run; only read when `failure` is `None`.
+    skipped: Option<String>,
 }
 
 fn suite(out: &mut String, name: &str, cases: &[Case]) {
     let failures = cases.iter().filter(|c| c.failure.is_some()).count();
+    let skipped = cases
+        .iter()
+        .filter(|c| c.failure.is_none() && c.skipped.is_some())
+        .count();
     out.push_str(&format!(
-        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\">\n",
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">\n",
         escape(name),
         cases.len()
     ));
@@ -22,13 +31,17 @@ fn suite(out: &mut String, name: &str, cases: &[Case]) {
             escape(name),
             escape(&c.name)
         ));
-        match &c.failure {
-            None => out.push_str("/>\n"),
-            Some(msg) => out.push_str(&format!(
+        match (&c.failure, &c.skipped) {
+            (Some(msg), _) => out.push_str(&format!(
                 ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
                 escape(msg),
                 escape(msg)
             )),
+            (None, Some(why)) => out.push_str(&format!(
+                ">\n      <skipped message=\"{}\"/>\n    </testcase>\n",
+                escape(why)
+            )),
+            (None, None) => out.push_str("/>\n"),
         }
     }
     out.push_str("  </testsuite>\n");
@@ -46,6 +59,7 @@ pub fn render_junit(summary: &Summary) -> String {
         .map(|g| Case {
             name: g.name.clone(),
             failure: (!g.passed).then(|| g.describe()),
+            skipped: g.skipped.clone(),
         })
         .collect();
     let mut slos = Vec::new();
@@ -66,6 +80,7 @@ pub fn render_junit(summary: &Summary) -> String {
                             c.threshold
                         )
                     }),
+                    skipped: None,
                 });
             }
         }
@@ -90,6 +105,7 @@ pub fn render_junit(summary: &Summary) -> String {
                         observed(v.test_ms)
                     )
                 }),
+                skipped: None,
             });
         }
         for a in &i.aggressors {
@@ -104,6 +120,7 @@ pub fn render_junit(summary: &Summary) -> String {
                         a.tpm_limit
                     )
                 }),
+                skipped: None,
             });
         }
     }
@@ -138,5 +155,41 @@ mod tests {
         assert!(xml.contains("tests=\"2\" failures=\"1\""), "{xml}");
         assert!(xml.contains("ttft &lt;800 &amp; &quot;fast&quot;"), "{xml}");
         assert_eq!(xml.matches("<failure ").count(), 1);
+        assert!(!xml.contains("<skipped"), "{xml}");
+    }
+
+    #[test]
+    fn skipped_gates_become_skipped_cases_not_passes() {
+        let mut run = small_run();
+        run.shard = Some(crate::run::ShardInfo {
+            index: 1,
+            count: 2,
+            scenario_tenants: vec!["a".into(), "b".into(), "c".into(), "z".into()],
+        });
+        run.gates.push(crate::gate::GateSpec {
+            name: "z <fast>".to_owned(),
+            scope: crate::gate::GateScope::Tenant("z".to_owned()),
+            metric: "error_rate".to_owned(),
+            op: crate::gate::GateOp::Lt,
+            threshold: 0.1,
+        });
+        let xml = render_junit(&summarize(&run));
+        assert!(
+            xml.contains("<testsuite name=\"gates\" tests=\"3\" failures=\"1\" skipped=\"1\">"),
+            "{xml}"
+        );
+        let case = xml
+            .split("<testcase ")
+            .find(|c| c.contains("name=\"z &lt;fast&gt;\""))
+            .unwrap_or_else(|| panic!("no case for the skipped gate:\n{xml}"));
+        assert!(
+            case.contains("<skipped message=\"tenant z is not in this shard"),
+            "{case}"
+        );
+        assert!(
+            case.contains("</testcase>") && !case.contains("<failure"),
+            "{case}"
+        );
+        assert_eq!(xml.matches("<skipped ").count(), 1, "{xml}");
     }
 }

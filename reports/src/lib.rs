@@ -6,6 +6,8 @@
 //! generator fills a [`RunData`] with one [`RequestRecord`] per request and calls
 //!
 //! ```text
+//! reports::prepare_results_dir(&dir)?; // before the run: clears a previous result's files
+//! // ... the run ...
 //! let summary = reports::summarize(&run);
 //! reports::write_results(&dir, &run, &summary)?;
 //! print!("{}", reports::render_table(&summary));
@@ -52,7 +54,7 @@ pub use gate::{GateFailure, GateOp, GateResult, GateScope, GateSpec};
 pub use isolation::{IsolationReport, IsolationSpec};
 pub use merge::MergeError;
 pub use record::{Outcome, RequestRecord};
-pub use results::{RequestRow, TenantRow, write_results};
+pub use results::{RequestRow, TenantRow, prepare_results_dir, write_results};
 pub use run::{EngineInfo, RunData, ShardInfo, TenantInfo};
 pub use slo::{SloSpec, SloVerdict};
 pub use summary::{GroupSummary, Summary, TenantSummary, summarize};

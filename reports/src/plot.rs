@@ -39,6 +39,15 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(146, 64, 14),
 ];
 
+/// Every file name [`render_plots`] can produce under `plots/`, so the results writer knows
+/// which files a previous run left there (checked against [`render_plots`] by a test).
+pub const PLOT_FILES: [&str; 4] = [
+    "latency_by_tenant.svg",
+    "outcomes_by_tenant.svg",
+    "ttft_over_time.svg",
+    "throughput_over_time.svg",
+];
+
 /// One rendered plot.
 #[derive(Debug, Clone)]
 pub struct Plot {
@@ -765,6 +774,8 @@ mod tests {
         let summary = summarize(&run);
         let plots = render_plots(&run, &summary).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(plots.len(), 4);
+        let files: Vec<&str> = plots.iter().map(|p| p.file).collect();
+        assert_eq!(files, PLOT_FILES, "the results writer clears these names");
         for p in &plots {
             assert!(p.svg.trim_start().starts_with("<svg"), "{}", p.file);
             assert!(p.svg.trim_end().ends_with("</svg>"), "{}", p.file);

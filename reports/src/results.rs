@@ -1,19 +1,29 @@
 //! The results directory (DESIGN §6): `summary.json`, `requests.csv`, `tenants.csv`,
 //! `histograms/*.hlog`, `plots/*.svg`, `report.html`, and `run.json` (the raw run, for merging).
 //!
+//! A directory is reused only when it holds a previous result: its tenantbench files are removed
+//! first, so no file of an earlier run (an embedded run's audit log next to an external run's
+//! summary, a plot or histogram no longer drawn) passes for part of the new one. Files
+//! tenantbench does not write are never removed, and a non-empty directory that is not a
+//! previous result is refused. [`prepare_results_dir`] does this before a run starts, because
+//! the embedded stack writes [`STACK_FILES`] while the run is on; [`write_results`] clears a
+//! previous result's own files only, since by then the stack files are the current run's.
+//!
 //! CSV rows are typed ([`RequestRow`], [`TenantRow`]) so the columns are declared once and a
 //! consumer can read the files back with the same types. Empty cells mean "no value" (`None`),
 //! never zero.
 
+use std::ffi::OsStr;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::METRICS;
 use crate::error::ReportError;
 use crate::html::render_html;
 use crate::interval_log::write_interval_logs;
-use crate::plot::render_plots;
+use crate::plot::{PLOT_FILES, render_plots};
 use crate::record::{Outcome, RequestRecord};
 use crate::run::RunData;
 use crate::summary::{Summary, TenantSummary};
@@ -37,6 +47,24 @@ pub const PLOTS_DIR: &str = "plots";
 /// The run's [`RunData`] (every record), so `tenantbench report merge` can merge shards from
 /// the raw records instead of from percentiles.
 pub const RUN_JSON: &str = "run.json";
+/// The embedded router's configuration, keys redacted. Written by the load generator
+/// (`loadgen/src/run.rs`) once the embedded stack is up, not by [`write_results`].
+pub const ROUTER_CONFIG_YAML: &str = "router-config.yaml";
+/// The embedded router's audit log. The router opens it for appending as the embedded stack
+/// starts (`loadgen/src/stack.rs` points it here), so a previous run's log must be gone by then.
+pub const AUDIT_JSONL: &str = "audit.jsonl";
+/// What the embedded stack writes into the results directory during the run.
+pub const STACK_FILES: [&str; 2] = [ROUTER_CONFIG_YAML, AUDIT_JSONL];
+/// What [`write_results`] writes at the top of the directory (besides `histograms/`, `plots/`).
+pub const OUTPUT_FILES: [&str; 7] = [
+    SUMMARY_JSON,
+    RUN_JSON,
+    REQUESTS_CSV,
+    TENANTS_CSV,
+    JUNIT_XML,
+    VLLM_BENCH_JSON,
+    REPORT_HTML,
+];
 
 /// One row of `requests.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,9 +239,51 @@ impl From<&TenantSummary> for TenantRow {
     }
 }
 
-/// Writes the whole results directory, creating it (and its parents) if needed. Files already
-/// there with the same names are replaced.
+/// Readies `dir` for a new run, before anything of the run is written into it: creates it if
+/// needed; if it holds a previous result, removes every file a tenantbench run writes there
+/// ([`OUTPUT_FILES`], the histograms and plots, [`STACK_FILES`]) and nothing else. A non-empty
+/// directory that is not a previous result is refused with [`ReportError::NotAResultsDir`], so
+/// the refusal comes before any load is sent.
+pub fn prepare_results_dir(dir: &Path) -> Result<(), ReportError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return fs::create_dir_all(dir).map_err(|e| ReportError::io(dir, e));
+        }
+        Err(e) => return Err(ReportError::io(dir, e)),
+    };
+    let mut foreign = None;
+    for entry in entries {
+        let name = entry.map_err(|e| ReportError::io(dir, e))?.file_name();
+        if !is_tenantbench_name(&name) {
+            foreign = Some(name);
+            break;
+        }
+    }
+    // A directory holding only tenantbench's names is a run that stopped before its results
+    // (the embedded stack writes its files first): as much ours as a finished one.
+    if let Some(name) = foreign
+        && !holds_previous_result(dir)
+    {
+        return Err(ReportError::NotAResultsDir {
+            path: dir.to_path_buf(),
+            example: PathBuf::from(name),
+        });
+    }
+    remove_tenantbench_files(dir, Clear::WithStackFiles)
+}
+
+/// Writes the whole results directory, creating it (and its parents) if needed.
+///
+/// If `dir` holds a previous result, that result's files are removed first, so a write that
+/// fails half-way leaves no earlier run's file beside this one's. [`STACK_FILES`] are kept: by
+/// now they may be this run's. Clearing those and refusing a directory that is not a previous
+/// result is [`prepare_results_dir`]'s job, before the run; refusing here would throw away a
+/// finished run, and would refuse a prepared directory in which the user's own files were kept.
 pub fn write_results(dir: &Path, run: &RunData, summary: &Summary) -> Result<(), ReportError> {
+    if holds_previous_result(dir) {
+        remove_tenantbench_files(dir, Clear::OutputsOnly)?;
+    }
     fs::create_dir_all(dir).map_err(|e| ReportError::io(dir, e))?;
 
     let path = dir.join(SUMMARY_JSON);
@@ -274,6 +344,60 @@ pub fn write_results(dir: &Path, run: &RunData, summary: &Summary) -> Result<(),
 
     let path = dir.join(REPORT_HTML);
     fs::write(&path, render_html(summary, &plots)).map_err(|e| ReportError::io(&path, e))?;
+    Ok(())
+}
+
+/// Which of a previous run's files [`remove_tenantbench_files`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clear {
+    /// What [`write_results`] writes.
+    OutputsOnly,
+    /// That and what the embedded stack writes during a run.
+    WithStackFiles,
+}
+
+/// Every file, relative to the results directory, that a tenantbench run may have left there.
+fn tenantbench_files(which: Clear) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = OUTPUT_FILES.iter().map(PathBuf::from).collect();
+    files.extend(
+        METRICS
+            .iter()
+            .map(|m| Path::new(HISTOGRAMS_DIR).join(format!("{m}.hlog"))),
+    );
+    files.extend(PLOT_FILES.iter().map(|f| Path::new(PLOTS_DIR).join(f)));
+    if which == Clear::WithStackFiles {
+        files.extend(STACK_FILES.iter().map(PathBuf::from));
+    }
+    files
+}
+
+/// A name tenantbench writes at the top of a results directory.
+fn is_tenantbench_name(name: &OsStr) -> bool {
+    OUTPUT_FILES
+        .iter()
+        .chain(&STACK_FILES)
+        .chain(&[HISTOGRAMS_DIR, PLOTS_DIR])
+        .any(|n| name == *n)
+}
+
+/// Whether `dir` holds a previous tenantbench result.
+fn holds_previous_result(dir: &Path) -> bool {
+    [SUMMARY_JSON, RUN_JSON]
+        .iter()
+        .any(|f| dir.join(f).is_file())
+}
+
+/// Removes the files of [`tenantbench_files`] from `dir`; any other file stays.
+fn remove_tenantbench_files(dir: &Path, which: Clear) -> Result<(), ReportError> {
+    for file in tenantbench_files(which) {
+        let path = dir.join(file);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ReportError::io(path, e));
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }
 
@@ -397,6 +521,131 @@ mod tests {
         assert_eq!(header_of(&dir.path().join(REQUESTS_CSV)), REQUEST_COLUMNS);
         assert_eq!(header_of(&dir.path().join(TENANTS_CSV)), TENANT_COLUMNS);
         assert!(dir.path().join(REPORT_HTML).is_file());
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// What `tenantbench run` on the embedded stack leaves: the stack's files, then the results.
+    fn embedded_run_into(dir: &Path) {
+        let run = small_run();
+        prepare_results_dir(dir).unwrap_or_else(|e| panic!("{e}"));
+        for f in STACK_FILES {
+            std::fs::write(dir.join(f), b"from the embedded run\n")
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        write_results(dir, &run, &summarize(&run)).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn reusing_a_results_dir_removes_the_previous_runs_files_only() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().join("d");
+        embedded_run_into(&dir);
+        for f in STACK_FILES.iter().chain(&OUTPUT_FILES) {
+            assert!(dir.join(f).is_file(), "{f}");
+        }
+        // Files someone else put there, at the top and inside tenantbench's own folders.
+        let keep = [
+            dir.join("notes.txt"),
+            dir.join(HISTOGRAMS_DIR).join("mine.hlog"),
+            dir.join(PLOTS_DIR).join("mine.svg"),
+        ];
+        for k in &keep {
+            std::fs::write(k, b"mine").unwrap_or_else(|e| panic!("{e}"));
+        }
+
+        // Then a run against an external target: no stack files of its own.
+        prepare_results_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let left: Vec<PathBuf> = tenantbench_files(Clear::WithStackFiles)
+            .into_iter()
+            .filter(|f| dir.join(f).exists())
+            .collect();
+        assert!(left.is_empty(), "stale: {left:?}");
+        for k in &keep {
+            assert!(
+                k.is_file(),
+                "{} was not tenantbench's to remove",
+                k.display()
+            );
+        }
+        let mut run = small_run();
+        run.target = "http://127.0.0.1:4000/v1".to_owned();
+        write_results(&dir, &run, &summarize(&run)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            names_in(&dir),
+            [
+                "histograms",
+                "junit.xml",
+                "notes.txt",
+                "plots",
+                "report.html",
+                "requests.csv",
+                "run.json",
+                "summary.json",
+                "tenants.csv",
+                "vllm-bench.json",
+            ]
+        );
+    }
+
+    #[test]
+    fn write_results_keeps_the_stack_files_of_the_run_it_writes() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().join("d");
+        embedded_run_into(&dir);
+        // A second embedded run whose caller did not prepare the directory: its stack has
+        // just written these, so writing the results must not take them away.
+        for f in STACK_FILES {
+            std::fs::write(dir.join(f), b"from the second run\n").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let run = small_run();
+        write_results(&dir, &run, &summarize(&run)).unwrap_or_else(|e| panic!("{e}"));
+        for f in STACK_FILES {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            assert_eq!(text, "from the second run\n", "{f}");
+        }
+    }
+
+    #[test]
+    fn a_non_empty_directory_that_is_no_result_is_refused_untouched() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().join("documents");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join("thesis.tex"), b"mine").unwrap_or_else(|e| panic!("{e}"));
+        // A name tenantbench also writes, beside a file it does not: still not a result.
+        std::fs::write(dir.join(REPORT_HTML), b"my own report").unwrap_or_else(|e| panic!("{e}"));
+        let msg = prepare_results_dir(&dir)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains(&dir.display().to_string()) && msg.contains("thesis.tex"),
+            "{msg}"
+        );
+        assert_eq!(names_in(&dir), ["report.html", "thesis.tex"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.join(REPORT_HTML)).unwrap_or_default(),
+            "my own report"
+        );
+    }
+
+    #[test]
+    fn an_empty_or_missing_directory_is_prepared() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        prepare_results_dir(tmp.path()).unwrap_or_else(|e| panic!("{e}"));
+        let new = tmp.path().join("a/b");
+        prepare_results_dir(&new).unwrap_or_else(|e| panic!("{e}"));
+        assert!(new.is_dir());
     }
 
     #[test]

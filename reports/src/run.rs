@@ -78,7 +78,8 @@ pub struct RunData {
     /// The scenario-wide SLO (verdict on the overall statistics).
     #[serde(default)]
     pub slo: Option<SloSpec>,
-    /// Group SLOs (verdicts on each group's merged statistics), by group name.
+    /// Group SLOs (verdicts on each group's merged statistics), by group name. A group not
+    /// listed is judged by `slo`, the scenario's.
     #[serde(default)]
     pub group_slos: Vec<(String, SloSpec)>,
     /// Isolation phases and thresholds, if the scenario declares them.

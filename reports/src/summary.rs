@@ -64,7 +64,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// True when every gate passed (also when there are none).
+    /// True when no gate failed (also when there are none). Skipped gates do not fail the run:
+    /// a shard cannot judge tenants it does not hold, and the merged result judges them.
     pub fn gates_passed(&self) -> bool {
         self.gates.iter().all(|g| g.passed)
     }
@@ -81,6 +82,21 @@ impl Summary {
     /// The gates that failed.
     pub fn failed_gates(&self) -> impl Iterator<Item = &GateResult> {
         self.gates.iter().filter(|g| !g.passed)
+    }
+
+    /// The gates that were not evaluated (their tenant or group ran in another shard). They
+    /// carry `passed: true` so they do not fail the run, but no report may count them as passed.
+    pub fn skipped_gates(&self) -> impl Iterator<Item = &GateResult> {
+        self.gates
+            .iter()
+            .filter(|g| g.passed && g.skipped.is_some())
+    }
+
+    /// The gates that were evaluated and held.
+    pub fn passed_gates(&self) -> impl Iterator<Item = &GateResult> {
+        self.gates
+            .iter()
+            .filter(|g| g.passed && g.skipped.is_none())
     }
 
     /// One tenant's entry.
@@ -101,7 +117,8 @@ pub struct GroupSummary {
     pub stats: Statistics,
     /// Its tenants' cost lines summed.
     pub cost: TenantCost,
-    /// The group SLO's verdict on its merged statistics.
+    /// The group SLO's verdict on its merged statistics (the scenario's SLO when the group has
+    /// none of its own).
     #[serde(default)]
     pub slo: Option<SloVerdict>,
 }
@@ -277,11 +294,15 @@ pub fn build_summary(run: &RunData, tenants: &[(TenantInfo, Aggregate)]) -> Summ
         .into_iter()
         .map(|(group, tenant_count, agg, cost)| {
             let stats = agg.statistics(duration);
+            // A group without its own `slo` takes the scenario's (scenarios/README.md); the
+            // scenario loader lists only explicit group SLOs, so the default is applied here.
             let slo = run
                 .group_slos
                 .iter()
                 .find(|(g, _)| *g == group)
-                .map(|(_, s)| s.verdict(&stats));
+                .map(|(_, s)| s)
+                .or(run.slo.as_ref())
+                .map(|s| s.verdict(&stats));
             GroupSummary {
                 group,
                 tenant_count,

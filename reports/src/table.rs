@@ -1,16 +1,21 @@
 //! The plain-text summary the binary prints at the end of a run: one row per tenant, the groups,
-//! the overall row, the cost and break-even lines, and the gate verdicts.
+//! the overall row, the cost and break-even lines, the gate and SLO verdicts.
+//!
+//! The verdict lines must tell the same story as the exit code: a reader who sees no failure
+//! here must not get exit 3, and a gate a shard could not judge is shown as skipped, not passed.
 
 use std::fmt::Write as _;
 
 use crate::aggregate::Statistics;
 use crate::cost::{CostSummary, TenantCost};
+use crate::slo::SloVerdict;
 use crate::summary::Summary;
 
 /// Column headings; the first two (tenant and group) are left-aligned and sized to the data.
-const NUMERIC_HEADINGS: [&str; 11] = [
+const NUMERIC_HEADINGS: [&str; 12] = [
     "ok",
     "429",
+    "budget",
     "errors",
     "req/s",
     "TTFT p50",
@@ -75,21 +80,73 @@ pub fn render_table(summary: &Summary) -> String {
     let _ = writeln!(out);
     out.push_str(&cost_lines(&summary.cost));
     if !summary.gates.is_empty() {
-        let failed = summary.failed_gates().count();
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "gates: {} passed, {failed} failed",
-            summary.gates.len() - failed
+            "gates: {} passed, {} failed",
+            summary.passed_gates().count(),
+            summary.failed_gates().count()
         );
+        let skipped = summary.skipped_gates().count();
+        if skipped > 0 {
+            let _ = write!(out, ", {skipped} skipped");
+        }
+        let _ = writeln!(out);
         for g in &summary.gates {
             let _ = writeln!(out, "  {}", g.describe());
         }
     }
+    out.push_str(&slo_lines(summary));
     if let Some(i) = &summary.isolation {
         out.push_str(&isolation_lines(i));
     }
     for n in &summary.notes {
         let _ = writeln!(out, "note: {n}");
+    }
+    out
+}
+
+/// The SLO verdicts: how many scopes met theirs and how many missed, then one line per miss
+/// (every verdict would be a line per tenant; the misses are what explain an exit 3).
+fn slo_lines(summary: &Summary) -> String {
+    let mut verdicts: Vec<(String, &SloVerdict)> = Vec::new();
+    if let Some(v) = &summary.slo {
+        verdicts.push(("overall".to_owned(), v));
+    }
+    for g in &summary.groups {
+        if let Some(v) = &g.slo {
+            verdicts.push((format!("group {}", g.group), v));
+        }
+    }
+    for t in &summary.tenants {
+        if let Some(v) = &t.slo {
+            verdicts.push((format!("tenant {}", t.tenant), v));
+        }
+    }
+    let mut out = String::new();
+    if verdicts.is_empty() {
+        return out;
+    }
+    let missed = verdicts.iter().filter(|(_, v)| !v.passed).count();
+    let _ = writeln!(
+        out,
+        "SLOs: {} met, {missed} missed",
+        verdicts.len() - missed
+    );
+    for (scope, v) in verdicts.iter().filter(|(_, v)| !v.passed) {
+        let checks: Vec<String> = v
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| {
+                format!(
+                    "{} = {} (must be <= {})",
+                    c.metric,
+                    c.observed.map_or_else(|| "no data".to_owned(), number),
+                    number(c.threshold)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  MISS {scope}: {}", checks.join("; "));
     }
     out
 }
@@ -192,7 +249,9 @@ fn cells(s: &Statistics, cost: Option<&TenantCost>) -> Vec<String> {
     vec![
         s.outcomes.ok.to_string(),
         s.outcomes.rate_limited.to_string(),
-        (s.outcomes.failed() - s.outcomes.rate_limited).to_string(),
+        s.outcomes.budget_exceeded.to_string(),
+        // The router refusing for rate or budget is it doing its job, not an error.
+        (s.outcomes.failed() - s.outcomes.rate_limited - s.outcomes.budget_exceeded).to_string(),
         rate(s.requests_per_s),
         ms(s.ttft_ms.p50),
         ms(s.ttft_ms.p99),
@@ -207,8 +266,8 @@ fn cells(s: &Statistics, cost: Option<&TenantCost>) -> Vec<String> {
 fn overall_cells(summary: &Summary) -> Vec<String> {
     let mut v = cells(&summary.overall, None);
     // Per tenant on the overall row, so the column reads the same all the way down.
-    v[9] = gbp_bare(summary.cost.per_tenant_month);
-    v[10] = gbp_bare(summary.cost.api_per_tenant_month);
+    v[10] = gbp_bare(summary.cost.per_tenant_month);
+    v[11] = gbp_bare(summary.cost.api_per_tenant_month);
     v
 }
 
@@ -255,6 +314,7 @@ fn gbp_bare(v: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Outcome;
     use crate::summary::{summarize, tests::small_run};
 
     #[test]
@@ -273,8 +333,8 @@ mod tests {
             .find(|l| l.starts_with("b "))
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .unwrap_or_default();
-        // tenant, group, ok, 429, errors …
-        assert_eq!(&b[..5], ["b", "pair", "10", "1", "0"], "{text}");
+        // tenant, group, ok, 429, budget, errors …
+        assert_eq!(&b[..6], ["b", "pair", "10", "1", "0", "0"], "{text}");
         // c has no data: dashes, not zeros.
         let c = rows
             .iter()
@@ -284,6 +344,102 @@ mod tests {
         assert!(c.contains(" - "), "{c}");
         assert!(text.contains("FAIL no-429"), "{text}");
         assert!(text.contains("break-even"), "{text}");
+    }
+
+    #[test]
+    fn skipped_gates_are_counted_apart_from_passed_ones() {
+        let unsharded = render_table(&summarize(&small_run()));
+        assert!(
+            unsharded.contains("gates: 1 passed, 1 failed\n"),
+            "no `, 0 skipped`:\n{unsharded}"
+        );
+
+        // A shard that does not hold tenant `z`: its gate is skipped, not passed.
+        let mut run = small_run();
+        run.shard = Some(crate::run::ShardInfo {
+            index: 0,
+            count: 2,
+            scenario_tenants: vec!["a".into(), "b".into(), "c".into(), "z".into()],
+        });
+        run.gates.push(crate::gate::GateSpec {
+            name: "z-fast".to_owned(),
+            scope: crate::gate::GateScope::Tenant("z".to_owned()),
+            metric: "ttft_ms.p99".to_owned(),
+            op: crate::gate::GateOp::Lt,
+            threshold: 800.0,
+        });
+        let s = summarize(&run);
+        let text = render_table(&s);
+        assert!(
+            text.contains("gates: 1 passed, 1 failed, 1 skipped\n"),
+            "{text}"
+        );
+        assert!(text.contains("SKIP z-fast"), "{text}");
+        // Skipping still fails nothing: the exit code follows the one real failure only.
+        assert_eq!(s.failed_gates().count(), 1);
+    }
+
+    #[test]
+    fn budget_refusals_have_their_own_column_not_errors() {
+        let mut run = small_run();
+        for i in 0..3 {
+            let mut r = crate::aggregate::tests::failed_record("c", Outcome::BudgetExceeded);
+            r.id = 100 + i;
+            r.group = "solo".to_owned();
+            run.records.push(r);
+        }
+        let mut timeout = crate::aggregate::tests::failed_record("c", Outcome::Timeout);
+        timeout.group = "solo".to_owned();
+        run.records.push(timeout);
+        let text = render_table(&summarize(&run));
+        let heading: Vec<&str> = text
+            .lines()
+            .nth(1)
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            &heading[..6],
+            ["tenant", "group", "ok", "429", "budget", "errors"]
+        );
+        let row = |id: &str| -> Vec<String> {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(id))
+                .map(|l| l.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        // tenant, group, ok, 429, budget, errors: three refusals, one real error.
+        assert_eq!(&row("c")[..6], ["c", "solo", "0", "0", "3", "1"], "{text}");
+        // The overall row has no group cell: overall, ok, 429, budget, errors.
+        assert_eq!(
+            &row("overall")[..5],
+            ["overall", "20", "1", "3", "1"],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_slo_line_without_slos_and_misses_are_named() {
+        let text = render_table(&summarize(&small_run()));
+        assert!(!text.contains("SLOs:"), "{text}");
+        let mut run = small_run();
+        // a's TTFTs are 100..109 ms, b's 300..309 ms.
+        run.slo = Some(crate::slo::SloSpec {
+            ttft_ms: Some(200.0),
+            ..crate::slo::SloSpec::default()
+        });
+        run.tenants[0].slo = run.slo.clone();
+        let text = render_table(&summarize(&run));
+        // Missed: overall and group pair (b's TTFTs are in them) and group solo (no data);
+        // met: tenant a.
+        assert!(text.contains("SLOs: 1 met, 3 missed\n"), "{text}");
+        assert!(
+            text.contains("  MISS group pair: ttft_ms.p99 = 309.247 (must be <= 200)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  MISS group solo: ttft_ms.p99 = no data"),
+            "{text}"
+        );
     }
 
     #[test]

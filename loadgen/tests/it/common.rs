@@ -238,11 +238,16 @@ pub async fn replay_with(
     let _guard = exclusive().await;
     // Every script runs through both send paths (the plain HTTP/1.1 client and reqwest), which
     // must agree on everything but the exact microseconds.
+    // Clients first: building one loads the TLS root store, which must not fall between a
+    // request's intended time and its send.
+    let plain_client = client();
+    let other =
+        loadgen::client::HttpClient::reqwest_only().unwrap_or_else(|e| panic!("client: {e}"));
     let addr = serve(vec![script.clone()], 1).await;
     let mut plain_spec = spec(addr);
     adjust(&mut plain_spec);
     let mut reqwest_spec = plain_spec.clone();
-    let plain = loadgen::client::execute_observed(&client(), plain_spec).await;
+    let plain = loadgen::client::execute_observed(&plain_client, plain_spec).await;
     reqwest_spec.url = format!(
         "http://{}/v1/chat/completions",
         serve(vec![script], 1).await

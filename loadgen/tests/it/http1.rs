@@ -181,7 +181,9 @@ async fn https_targets_go_through_reqwest_and_speak_tls() {
         else {
             return false;
         };
-        let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        let _ = sock
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await;
         true
     });
     let mut spec = crate::common::spec(addr);

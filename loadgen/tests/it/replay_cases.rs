@@ -158,6 +158,23 @@ async fn vllms_older_object_error_chunk_is_a_stream_error_too() {
 }
 
 #[tokio::test]
+async fn a_plain_json_200_is_a_stream_error_not_a_truncated_stream() {
+    let pieces = vec![piece(
+        50,
+        "{\"id\":\"c\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\"}}]}",
+    )];
+    let (rec, _) = replay(Script::sse(pieces)).await;
+    assert_eq!(rec.outcome, Outcome::StreamError, "{:?}", rec.error);
+    assert!(
+        rec.error
+            .as_deref()
+            .is_some_and(|e| e.contains("no server-sent events")),
+        "{:?}",
+        rec.error
+    );
+}
+
+#[tokio::test]
 async fn a_clean_close_without_done_is_truncated() {
     let pieces = vec![
         piece(50, content(" one")),

@@ -405,3 +405,137 @@ fn without_api_key_env_keys_fall_back_per_tenant_then_shared_then_none() {
     );
     assert!(keys(&[]).iter().all(Option::is_none), "no key: no header");
 }
+
+/// A one-tenant scenario replaying `trace.csv` (with `csv` as its bytes) from a fresh
+/// directory, whose group's own output distribution is a fixed 20 tokens. The directory is
+/// returned so it outlives the checks.
+fn trace_scenario(csv: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("trace.csv"), csv).unwrap_or_else(|e| panic!("{e}"));
+    let scenario = dir.path().join("replay.toml");
+    let text = r#"
+version = 1
+name = "replay"
+duration_s = 60
+
+[[engines]]
+name = "e"
+gpu = "rtx-5090"
+model = "mistral-7b-instruct"
+
+[[models]]
+name = "m"
+engine = "e"
+
+[[groups]]
+name = "t"
+count = 1
+model = "m"
+lora = false
+arrival = { kind = "trace", file = "trace.csv" }
+prompt_tokens = { kind = "fixed", value = 64 }
+output_tokens = { kind = "fixed", value = 20 }
+
+[cost]
+server_gbp_per_month = 399
+api_input_gbp_per_mtok = 0.5
+api_output_gbp_per_mtok = 1.5
+"#;
+    std::fs::write(&scenario, text).unwrap_or_else(|e| panic!("{e}"));
+    (dir, scenario)
+}
+
+/// What `tenantbench check` does with a scenario file: load (which reads the trace), then
+/// the capacity check.
+fn check(path: &std::path::Path) -> Result<loadgen::check::CheckReport, RunError> {
+    loadgen::load(path)
+        .map_err(RunError::from)
+        .and_then(|s| loadgen::check::check(&s))
+}
+
+/// The message of the `groups[0].arrival` error `check` gives for a trace, asserting it is a
+/// bad-input error (exit code 2) naming the scenario file and that field.
+fn trace_check_error(csv: &[u8]) -> String {
+    let (_dir, path) = trace_scenario(csv);
+    let e = match check(&path) {
+        Ok(report) => panic!("check accepted the trace:\n{report}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.exit_code(), 2, "{e}");
+    match e {
+        RunError::Scenario(ScenarioError::Invalid {
+            file,
+            field,
+            message,
+        }) => {
+            assert_eq!(file, path.display().to_string());
+            assert_eq!(field, "groups[0].arrival");
+            message
+        }
+        e => panic!("expected an invalid-field error, got: {e}"),
+    }
+}
+
+/// `(at_s, prompt_tokens, output_tokens)` of every planned request.
+fn planned(path: &std::path::Path) -> Vec<(f64, u64, u64)> {
+    let s = loadgen::load(path).unwrap_or_else(|e| panic!("{e}"));
+    loadgen::schedule::build(&s)
+        .iter()
+        .map(|p| (p.at_s, p.prompt_tokens, p.output_tokens))
+        .collect()
+}
+
+#[test]
+fn trace_lengths_replace_the_groups_distributions() {
+    let (_dir, path) = trace_scenario(b"timestamp_s,output_tokens\n1,5\n2,7\n");
+    check(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(planned(&path), [(1.0, 64, 5), (2.0, 64, 7)]);
+}
+
+#[test]
+fn a_misspelt_trace_column_is_an_error_naming_it_the_file_and_the_accepted_columns() {
+    // The tester's case: `output_token` used to be skipped, so the run sent 20 tokens, not 5.
+    let m = trace_check_error(b"timestamp_s,output_token\n1,5\n");
+    for want in [
+        "trace.csv",
+        "line 1",
+        "unknown column 'output_token'",
+        "`timestamp_s`, `prompt_tokens`, `output_tokens`",
+        "did you mean `output_tokens`?",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in: {m}");
+    }
+}
+
+#[test]
+fn an_unknown_trace_column_far_from_every_known_one_gets_no_did_you_mean() {
+    let m = trace_check_error(b"timestamp_s,tenant\n1,a\n");
+    assert!(m.contains("unknown column 'tenant'"), "{m}");
+    assert!(m.contains("`prompt_tokens`"), "{m}");
+    assert!(!m.contains("did you mean"), "{m}");
+}
+
+#[test]
+fn an_empty_trace_length_cell_is_an_error_naming_the_file_line_and_column() {
+    // Line 3 is `2,`: it used to fall back to the group's 64-token prompts.
+    let m = trace_check_error(b"timestamp_s,prompt_tokens\n1,40\n2,\n");
+    for want in ["trace.csv", "line 3", "`prompt_tokens`", "empty"] {
+        assert!(m.contains(want), "missing {want:?} in: {m}");
+    }
+}
+
+#[test]
+fn a_non_numeric_trace_length_cell_is_an_error_naming_the_file_line_and_column() {
+    let m = trace_check_error(b"timestamp_s,output_tokens\n\n1,5\n2,five\n");
+    for want in ["trace.csv", "line 4", "`output_tokens`", "'five'"] {
+        assert!(m.contains(want), "missing {want:?} in: {m}");
+    }
+}
+
+#[test]
+fn a_trace_header_with_a_utf8_bom_is_read_as_if_it_had_none() {
+    // Excel's "CSV UTF-8" writes EF BB BF before the header.
+    let (_dir, path) = trace_scenario(b"\xef\xbb\xbftimestamp_s,output_tokens\r\n1,5\r\n");
+    check(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(planned(&path), [(1.0, 64, 5)]);
+}

@@ -358,6 +358,107 @@ fn table_and_gates_tell_the_same_story() {
     assert!(table.contains("FAIL every-tenant-served"), "{table}");
     assert!(table.contains(STARVED));
     assert!(table.contains("PASS ttft-p99-small"));
+    assert!(table.contains("gates: 2 passed, 1 failed\n"), "{table}");
+    // No SLO in this run: no SLO line to contradict the exit code.
+    assert!(w.summary.slos_passed());
+    assert!(!table.contains("SLOs:"), "{table}");
+
+    // A scenario SLO the strong group (three times slower) misses: the overall run, the group
+    // and its tenants get verdicts, and the table counts them as the exit code does.
+    let mut run = synthetic_run(42);
+    run.slo = Some(reports::SloSpec {
+        percentile: 50,
+        ttft_ms: Some(150.0),
+        ..reports::SloSpec::default()
+    });
+    for t in &mut run.tenants {
+        t.slo = run.slo.clone();
+    }
+    let s = summarize(&run);
+    let table = render_table(&s);
+    let verdicts: Vec<(String, bool)> = s
+        .slo
+        .iter()
+        .map(|v| ("overall".to_owned(), v.passed))
+        .chain(s.groups.iter().filter_map(|g| {
+            g.slo
+                .as_ref()
+                .map(|v| (format!("group {}", g.group), v.passed))
+        }))
+        .chain(s.tenants.iter().filter_map(|t| {
+            t.slo
+                .as_ref()
+                .map(|v| (format!("tenant {}", t.tenant), v.passed))
+        }))
+        .collect();
+    assert_eq!(verdicts.len(), 1 + 3 + TENANTS, "every scope is judged");
+    let missed: Vec<&str> = verdicts
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(scope, _)| scope.as_str())
+        .collect();
+    assert!(missed.contains(&"group strong"), "{missed:?}");
+    assert!(!missed.contains(&"group small"), "{missed:?}");
+    assert!(!s.slos_passed(), "a missed SLO exits 3");
+    let line = format!(
+        "SLOs: {} met, {} missed\n",
+        verdicts.len() - missed.len(),
+        missed.len()
+    );
+    assert!(table.contains(&line), "want {line:?} in\n{table}");
+    for scope in &missed {
+        assert!(
+            table.contains(&format!("  MISS {scope}: ttft_ms.p50 = ")),
+            "{scope}:\n{table}"
+        );
+    }
+}
+
+#[test]
+fn a_shard_table_and_junit_show_skipped_gates_as_skipped() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut run = synthetic_run(42);
+    run.shard = Some(reports::ShardInfo {
+        index: 0,
+        count: 2,
+        scenario_tenants: run.tenants.iter().map(|t| t.id.clone()).collect(),
+    });
+    run.gates.push(reports::GateSpec {
+        name: "elsewhere-fast".to_owned(),
+        scope: reports::GateScope::Tenant("tenant-99".to_owned()),
+        metric: "ttft_ms.p99".to_owned(),
+        op: reports::GateOp::Lt,
+        threshold: 2000.0,
+    });
+    let summary = summarize(&run);
+    write_results(dir.path(), &run, &summary).unwrap_or_else(|e| panic!("write_results: {e}"));
+    let table = render_table(&summary);
+    assert!(
+        table.contains("gates: 2 passed, 1 failed, 1 skipped\n"),
+        "{table}"
+    );
+    let junit = read(&dir.path().join("junit.xml"));
+    assert!(
+        junit.contains("name=\"gates\" tests=\"4\" failures=\"1\" skipped=\"1\""),
+        "{junit}"
+    );
+    assert!(
+        junit.contains("name=\"elsewhere-fast\">\n      <skipped message=\""),
+        "{junit}"
+    );
+    // summary.json keeps the contract: the skipped gate has passed = true and its reason.
+    let json: Value = serde_json::from_str(&read(&dir.path().join("summary.json")))
+        .unwrap_or_else(|e| panic!("summary.json: {e}"));
+    if let Err(e) = validate(&json) {
+        panic!("summary.json of a shard does not match the schema: {e}");
+    }
+    let gate = json["gates"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["name"] == "elsewhere-fast"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(gate["passed"], true, "{gate}");
+    assert!(gate["skipped"].is_string(), "{gate}");
 }
 
 #[test]

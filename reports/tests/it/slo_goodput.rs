@@ -179,12 +179,13 @@ fn error_rate_group_and_scenario_slos_give_their_own_verdicts() {
     );
     let ga = s.groups.iter().find(|g| g.group == "ga");
     assert_eq!(ga.map(|g| passed(&g.slo)), Some(Some(false)), "5 % > 4 %");
+    // gb has no SLO of its own: the scenario's judges it (no errors, 50 ms TTFTs).
     assert_eq!(
         s.groups
             .iter()
             .find(|g| g.group == "gb")
             .map(|g| passed(&g.slo)),
-        Some(None)
+        Some(Some(true))
     );
     assert_eq!(passed(&s.slo), Some(true), "4 % ≤ 4 %");
     let rate = s
@@ -194,4 +195,40 @@ fn error_rate_group_and_scenario_slos_give_their_own_verdicts() {
         .and_then(|c| c.observed);
     assert_eq!(rate, Some(0.04));
     assert!(!s.slos_passed(), "one failed verdict fails the run");
+}
+
+#[test]
+fn a_group_without_its_own_slo_is_judged_by_the_scenarios() {
+    // a's TTFT p99 is 300 ms, b's 50 ms; the scenario allows 200 ms at p99.
+    let scenario_slo = slo(99);
+    let mut data = run(slo(99));
+    data.slo = Some(scenario_slo.clone());
+    let s = summarize(&data);
+    let group = |name: &str| {
+        s.groups
+            .iter()
+            .find(|g| g.group == name)
+            .and_then(|g| g.slo.clone())
+            .unwrap_or_else(|| panic!("group {name} has no verdict: {:?}", s.groups))
+    };
+    let (ga, gb) = (group("ga"), group("gb"));
+    assert_eq!(ga.spec, scenario_slo);
+    assert!(!ga.passed, "ga holds a's 300 ms TTFTs: {ga:?}");
+    assert!(gb.passed, "{gb:?}");
+    assert!(!s.slos_passed());
+
+    // A group's own SLO still wins over the scenario's.
+    let mut own = data.clone();
+    own.group_slos = vec![("ga".to_owned(), slo(50))];
+    let s = summarize(&own);
+    let ga = s
+        .groups
+        .iter()
+        .find(|g| g.group == "ga")
+        .and_then(|g| g.slo.clone());
+    assert!(ga.is_some_and(|v| v.spec.percentile == 50 && v.passed));
+
+    // No SLO anywhere: no group verdict at all.
+    let s = summarize(&run(slo(99)));
+    assert!(s.groups.iter().all(|g| g.slo.is_none()), "{:?}", s.groups);
 }
