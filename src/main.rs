@@ -128,7 +128,16 @@ async fn run(args: cli::RunArgs, shutdown: CancellationToken) -> ExitCode {
 /// failure (exit 1) whatever the gates say, with the most common outcome named.
 fn nothing_succeeded(summary: &reports::Summary) -> Option<String> {
     let o = &summary.overall.outcomes;
-    if o.ok > 0 || o.total() == 0 {
+    if o.total() == 0 {
+        // Nothing in the measured window (every request fell in the warm-up, or the rates are
+        // too low for the duration): there is no result to pass a gate with.
+        return Some(
+            "no request was measured: none was sent after the warm-up; lengthen duration_s, \
+             shorten warmup_s or raise the rates"
+                .into(),
+        );
+    }
+    if o.ok > 0 {
         return None;
     }
     let mut counts: Vec<(&str, u64)> = reports::Outcome::ALL

@@ -427,4 +427,32 @@ async fn run_drives_an_external_target_without_the_embedded_stack() {
         "{}",
         text(&out)
     );
+
+    // Rates too low for the duration: nothing lands in the measured window, so there is no
+    // result to pass a gate with — exit 1, saying so.
+    let idle = dir.path().join("idle.toml");
+    let body = std::fs::read_to_string(&scenario)
+        .unwrap_or_default()
+        .replace("rate_per_s = 2.0", "rate_per_s = 0.001")
+        .replace("rate_per_s = 3.0", "rate_per_s = 0.001");
+    std::fs::write(&idle, body).unwrap_or_else(|e| panic!("{e}"));
+    let out = tenantbench_blocking(
+        vec![
+            "run".into(),
+            idle.to_string_lossy().into_owned(),
+            "--out".into(),
+            dir.path().join("idle").to_string_lossy().into_owned(),
+            "--quiet".into(),
+            "--target".into(),
+            target,
+        ],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no request was measured"),
+        "{}",
+        text(&out)
+    );
 }
