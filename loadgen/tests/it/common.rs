@@ -237,9 +237,8 @@ pub async fn replay_with(
 ) -> (reports::RequestRecord, loadgen::client::StreamObservation) {
     let _guard = exclusive().await;
     // Every script runs through both send paths (the plain HTTP/1.1 client and reqwest), which
-    // must agree on everything but the exact microseconds.
-    // Clients first: building one loads the TLS root store, which must not fall between a
-    // request's intended time and its send.
+    // must agree on everything but the exact microseconds. Clients first: building one loads
+    // the TLS root store, which must not fall between a request's intended time and its send.
     let plain_client = client();
     let other =
         loadgen::client::HttpClient::reqwest_only().unwrap_or_else(|e| panic!("client: {e}"));
@@ -255,8 +254,6 @@ pub async fn replay_with(
     let now = Instant::now();
     reqwest_spec.t0 = now;
     reqwest_spec.intended = now;
-    let other =
-        loadgen::client::HttpClient::reqwest_only().unwrap_or_else(|e| panic!("client: {e}"));
     let via_reqwest = loadgen::client::execute_observed(&other, reqwest_spec).await;
     let (a, b) = (&plain.0, &via_reqwest.0);
     assert_eq!(
