@@ -707,20 +707,15 @@ mod tests {
 
     #[test]
     fn skipped_gates_are_shown_as_skipped_not_passed() {
-        let mut run = small_run();
-        run.shard = Some(crate::run::ShardInfo {
-            index: 0,
-            count: 2,
-            scenario_tenants: vec!["a".into(), "b".into(), "c".into(), "z".into()],
-        });
-        run.gates.retain(|g| g.name == "fast-ttft");
-        run.gates.push(crate::gate::GateSpec {
-            name: "z-fast".to_owned(),
-            scope: crate::gate::GateScope::Tenant("z".to_owned()),
-            metric: "ttft_ms.p99".to_owned(),
-            op: crate::gate::GateOp::Lt,
-            threshold: 800.0,
-        });
+        let mut run = crate::summary::tests::shard_with_a_gate_on_an_absent_tenant(
+            0,
+            "z-fast",
+            "ttft_ms.p99",
+            crate::gate::GateOp::Lt,
+            800.0,
+        );
+        run.gates
+            .retain(|g| g.name == "fast-ttft" || g.name == "z-fast");
         let summary = summarize(&run);
         let html = render_html(&summary, &[]);
         assert!(html.contains("1 of 2 passed, 1 skipped"), "{html}");

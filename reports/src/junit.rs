@@ -160,19 +160,13 @@ mod tests {
 
     #[test]
     fn skipped_gates_become_skipped_cases_not_passes() {
-        let mut run = small_run();
-        run.shard = Some(crate::run::ShardInfo {
-            index: 1,
-            count: 2,
-            scenario_tenants: vec!["a".into(), "b".into(), "c".into(), "z".into()],
-        });
-        run.gates.push(crate::gate::GateSpec {
-            name: "z <fast>".to_owned(),
-            scope: crate::gate::GateScope::Tenant("z".to_owned()),
-            metric: "error_rate".to_owned(),
-            op: crate::gate::GateOp::Lt,
-            threshold: 0.1,
-        });
+        let run = crate::summary::tests::shard_with_a_gate_on_an_absent_tenant(
+            1,
+            "z <fast>",
+            "error_rate",
+            crate::gate::GateOp::Lt,
+            0.1,
+        );
         let xml = render_junit(&summarize(&run));
         assert!(
             xml.contains("<testsuite name=\"gates\" tests=\"3\" failures=\"1\" skipped=\"1\">"),

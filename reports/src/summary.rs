@@ -365,6 +365,31 @@ pub(crate) mod tests {
     use crate::gate::{GateOp, GateScope, GateSpec};
     use crate::record::Outcome;
 
+    /// [`small_run`] as shard `index` of 2 of a scenario that also has tenant `z`, with one
+    /// more gate scoped to `z`: a gate this shard must skip.
+    pub(crate) fn shard_with_a_gate_on_an_absent_tenant(
+        index: u32,
+        name: &str,
+        metric: &str,
+        op: GateOp,
+        threshold: f64,
+    ) -> RunData {
+        let mut run = small_run();
+        run.shard = Some(crate::run::ShardInfo {
+            index,
+            count: 2,
+            scenario_tenants: vec!["a".into(), "b".into(), "c".into(), "z".into()],
+        });
+        run.gates.push(GateSpec {
+            name: name.to_owned(),
+            scope: GateScope::Tenant("z".to_owned()),
+            metric: metric.to_owned(),
+            op,
+            threshold,
+        });
+        run
+    }
+
     pub(crate) fn small_run() -> RunData {
         let tenant = |id: &str, group: &str| TenantInfo {
             id: id.to_owned(),

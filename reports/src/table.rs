@@ -355,19 +355,13 @@ mod tests {
         );
 
         // A shard that does not hold tenant `z`: its gate is skipped, not passed.
-        let mut run = small_run();
-        run.shard = Some(crate::run::ShardInfo {
-            index: 0,
-            count: 2,
-            scenario_tenants: vec!["a".into(), "b".into(), "c".into(), "z".into()],
-        });
-        run.gates.push(crate::gate::GateSpec {
-            name: "z-fast".to_owned(),
-            scope: crate::gate::GateScope::Tenant("z".to_owned()),
-            metric: "ttft_ms.p99".to_owned(),
-            op: crate::gate::GateOp::Lt,
-            threshold: 800.0,
-        });
+        let run = crate::summary::tests::shard_with_a_gate_on_an_absent_tenant(
+            0,
+            "z-fast",
+            "ttft_ms.p99",
+            crate::gate::GateOp::Lt,
+            800.0,
+        );
         let s = summarize(&run);
         let text = render_table(&s);
         assert!(

@@ -457,6 +457,11 @@ pub struct DeltaView<'a> {
     pub tool_calls: Option<Value>,
 }
 
+/// A text field that is present and not empty.
+fn nonempty(s: &Option<Cow<'_, str>>) -> bool {
+    s.as_deref().is_some_and(|s| !s.is_empty())
+}
+
 impl ChunkView<'_> {
     fn choices(&self) -> &[ChoiceView<'_>] {
         self.choices.as_deref().unwrap_or_default()
@@ -502,7 +507,6 @@ impl ChunkView<'_> {
 
     /// Whether the content channel (or a completion's text) carries any text.
     pub fn has_content(&self) -> bool {
-        let nonempty = |s: &Option<Cow<'_, str>>| s.as_deref().is_some_and(|s| !s.is_empty());
         self.choices()
             .iter()
             .any(|c| nonempty(&c.text) || c.delta.as_ref().is_some_and(|d| nonempty(&d.content)))
@@ -510,7 +514,6 @@ impl ChunkView<'_> {
 
     /// Whether any choice generated something: text on any channel or a tool call.
     pub fn generates(&self) -> bool {
-        let nonempty = |s: &Option<Cow<'_, str>>| s.as_deref().is_some_and(|s| !s.is_empty());
         self.choices().iter().any(|c| {
             nonempty(&c.text)
                 || c.delta.as_ref().is_some_and(|d| {

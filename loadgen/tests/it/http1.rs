@@ -1,6 +1,7 @@
 //! The plain HTTP/1.1 client against hand-written servers: connection reuse, a keep-alive
 //! connection the server closed meanwhile, and responses that end the connection.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use loadgen::http1::{Client, Request};
@@ -8,6 +9,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::common::read_request;
+
+/// A listener on 127.0.0.1:0 and its address.
+async fn listen() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    (listener, addr)
+}
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
 
@@ -38,10 +48,7 @@ async fn body(client: &Client, url: &str, id: u64) -> (u16, Vec<u8>) {
 
 #[tokio::test]
 async fn sequential_requests_reuse_one_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (listener, addr) = listen().await;
     let server = tokio::spawn(async move {
         let mut accepted = 0;
         let mut heads = Vec::new();
@@ -77,10 +84,7 @@ async fn sequential_requests_reuse_one_connection() {
 
 #[tokio::test]
 async fn a_keep_alive_connection_closed_by_the_server_is_replaced() {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (listener, addr) = listen().await;
     let server = tokio::spawn(async move {
         let mut accepted = 0;
         for _ in 0..2 {
@@ -109,10 +113,7 @@ async fn a_keep_alive_connection_closed_by_the_server_is_replaced() {
 
 #[tokio::test]
 async fn close_delimited_and_error_bodies_are_read_whole() {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (listener, addr) = listen().await;
     tokio::spawn(async move {
         let replies: [&[u8]; 2] = [
             b"HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: [DONE]\n\n",
@@ -152,11 +153,7 @@ async fn close_delimited_and_error_bodies_are_read_whole() {
 #[tokio::test]
 async fn a_refused_connection_is_an_error_naming_the_address() {
     // Bind and drop: nothing listens on this port any more.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (_, addr) = listen().await;
     let client = Client::new();
     let url = format!("http://{addr}/v1/chat/completions");
     let err = client
@@ -171,10 +168,7 @@ async fn a_refused_connection_is_an_error_naming_the_address() {
 async fn https_targets_go_through_reqwest_and_speak_tls() {
     // A plain-TCP server on the port: a TLS client must fail in the handshake. Before reqwest
     // had a TLS backend, every https:// request failed with "invalid URL" without connecting.
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (listener, addr) = listen().await;
     let accepted = tokio::spawn(async move {
         let Ok(Ok((mut sock, _))) =
             tokio::time::timeout(Duration::from_secs(5), listener.accept()).await
